@@ -1,0 +1,83 @@
+"""Experiment config: defaults.yaml, then the experiment's YAML, then `--set key=value` overrides."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from .errors import UserError
+from .io import load_yaml, save_yaml
+
+DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
+FREE_FORM = {"model.kwargs"}  # passed through to timm; any key is allowed
+ANY_TYPE = {"model.pretrained"}  # false, a hub tag or a path
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> dict:
+    """The resolved config of one experiment (a nested dict)."""
+    cfg = load_yaml(DEFAULTS)
+    if path is not None:
+        user = load_yaml(path) or {}
+        if not isinstance(user, dict):
+            raise UserError(f"{path}: a config file is a YAML mapping of sections (model, data, ...)")
+        _merge(cfg, user, str(path), prefix="")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=10")
+        _set(cfg, key.strip(), _parse_value(text), where="--set")
+    if cfg["output"] is None:
+        cfg["output"] = str(Path("outputs") / str(cfg["data"]["task"]))
+    return cfg
+
+
+def save_config(cfg: dict, path) -> Path:
+    return save_yaml(path, cfg)
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _check_type(old: Any, new: Any, key: str, where: str) -> Any:
+    if old is None or new is None:
+        return new
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+        return float(new)
+    if isinstance(old, bool) != isinstance(new, bool) or (
+        not isinstance(new, type(old)) and not (isinstance(old, (list, str)) and isinstance(new, (list, str)))
+    ):
+        raise UserError(f"{where}: {key} should be a {type(old).__name__} like {old!r}, got {new!r}")
+    return new
+
+
+def _merge(base: dict, new: dict, where: str, prefix: str) -> None:
+    for key, value in new.items():
+        full = prefix + str(key)
+        if key not in base:
+            raise UserError(f"{where}: unknown key {full!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: {sorted(base)}")
+        if full in FREE_FORM:
+            if value is not None and not isinstance(value, dict):
+                raise UserError(f"{where}: {full} is a mapping of keyword arguments, got {value!r}")
+            base[key] = {**(base[key] or {}), **copy.deepcopy(value or {})}
+        elif isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {full} is a section (keys {sorted(base[key])}), got {value!r}")
+            _merge(base[key], value, where, full + ".")
+        else:
+            base[key] = value if full in ANY_TYPE else _check_type(base[key], value, full, where)
+
+
+def _set(cfg: dict, key: str, value: Any, where: str) -> None:
+    nested = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    _merge(cfg, nested, f"{where} {key}", prefix="")

@@ -1,0 +1,158 @@
+"""Putting GLoRA into a model: injection, subnet selection, sampling, freezing and counting."""
+from __future__ import annotations
+
+import fnmatch
+import random
+from typing import Iterable, Mapping, Optional
+
+from torch import nn
+
+from .layer import GLoRALinear
+from .space import LayerConfig, SearchSpace
+
+Subnet = dict  # {qualified layer name: layer config}
+
+
+def head_names(model: nn.Module) -> set[str]:
+    """Qualified names of the classifier head module(s), never adapted and always trained."""
+    get = getattr(model, "get_classifier", None)
+    heads = get() if callable(get) else getattr(model, "head", None)
+    if heads is None:
+        return set()
+    heads = heads if isinstance(heads, (tuple, list)) else [heads]
+    ids = {id(h) for h in heads if isinstance(h, nn.Module)}
+    return {name for name, m in model.named_modules() if id(m) in ids}
+
+
+def select_linears(model: nn.Module, targets: Optional[Iterable[str]] = None,
+                   exclude: Optional[Iterable[str]] = None) -> list[str]:
+    """Names of the nn.Linear layers to adapt.
+
+    `targets`/`exclude` are glob patterns over qualified names (e.g. "blocks.*.attn.qkv");
+    default targets: every nn.Linear but the classifier head. A pattern that selects no
+    linear layer is an error, so that a typo never silently adapts nothing.
+    """
+    heads = head_names(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [n for n in linears if not any(n == h or n.startswith(h + ".") for h in heads)]
+
+    def matching(patterns, names):
+        hit = []
+        for p in patterns:
+            found = fnmatch.filter(names, p)
+            if not found:
+                raise ValueError(f"pattern {p!r} matches no linear layer; some names: {names[:6]}")
+            hit += found
+        return set(hit)
+
+    chosen = linears if targets is None else [n for n in linears if n in matching(list(targets), linears)]
+    if exclude:
+        drop = matching(list(exclude), chosen)
+        chosen = [n for n in chosen if n not in drop]
+    return chosen
+
+
+def inject_glora(model: nn.Module, space: SearchSpace, targets: Optional[Iterable[str]] = None,
+                 exclude: Optional[Iterable[str]] = None,
+                 rng: Optional[random.Random] = None) -> dict[str, GLoRALinear]:
+    """Replace the target linear layers by GLoRALinear in place; return them by qualified name.
+
+    All layers share `rng` (default `random.Random(0)`), so one seeded generator owned by the
+    run decides every sampled subnet.
+    """
+    rng = random.Random(0) if rng is None else rng
+    layers = {}
+    for name in select_linears(model, targets, exclude):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = GLoRALinear(getattr(parent, child), space, rng)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    if not layers:
+        raise ValueError("inject_glora found no linear layer to adapt")
+    return layers
+
+
+def glora_layers(model: nn.Module) -> dict[str, GLoRALinear]:
+    """The adapted layers of a model, by qualified name, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, GLoRALinear)}
+
+
+def set_sampler(model: nn.Module, rng: random.Random) -> None:
+    """Make every layer draw its random configs from `rng`."""
+    for layer in glora_layers(model).values():
+        layer.rng = rng
+
+
+def set_subnet(model: nn.Module, subnet: Optional[Mapping[str, LayerConfig]]) -> None:
+    """Fix every adapted layer's config (all must be named), or with None return them to sampling."""
+    layers = glora_layers(model)
+    if subnet is None:
+        for layer in layers.values():
+            layer.set_config(None)
+        return
+    unknown = sorted(set(subnet) - set(layers))
+    missing = sorted(set(layers) - set(subnet))
+    if unknown or missing:
+        raise ValueError(
+            f"subnet does not fit the model: unknown layers {unknown[:4]}{'...' if len(unknown) > 4 else ''}, "
+            f"missing layers {missing[:4]}{'...' if len(missing) > 4 else ''}"
+        )
+    for name, layer in layers.items():
+        layer.set_config(subnet[name], where=name)
+
+
+def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:
+    """A random subnet: each layer's config drawn uniformly from its space."""
+    return {n: l.space.sample(rng, l.has_bias) for n, l in glora_layers(model).items()}
+
+
+def current_subnet(model: nn.Module) -> Subnet:
+    """The fixed configs of every adapted layer (all must be fixed)."""
+    subnet = {}
+    for name, layer in glora_layers(model).items():
+        if layer.config is None:
+            raise RuntimeError(f"{name} has no fixed config")
+        subnet[name] = dict(layer.config)
+    return subnet
+
+
+def subnet_params(model: nn.Module, subnet: Mapping[str, LayerConfig]) -> int:
+    """Adapter parameters of a subnet by the closed-form count (DESIGN.md §2)."""
+    layers = glora_layers(model)
+    missing = sorted(set(layers) - set(subnet))
+    unknown = sorted(set(subnet) - set(layers))
+    if missing or unknown:
+        raise ValueError(f"subnet does not fit the model: unknown {unknown[:4]}, missing {missing[:4]}")
+    return sum(l.space.count(subnet[n], l.in_features, l.out_features) for n, l in layers.items())
+
+
+def param_bounds(model: nn.Module) -> tuple[int, int]:
+    """The smallest and largest adapter parameter counts any subnet of this model can have."""
+    lo = hi = 0
+    for layer in glora_layers(model).values():
+        a, b = layer.space.bounds(layer.in_features, layer.out_features, layer.has_bias)
+        lo, hi = lo + a, hi + b
+    return lo, hi
+
+
+def compact_subnet(model: nn.Module) -> None:
+    """Drop the storage that the fixed subnet does not use (the retrain model)."""
+    for layer in glora_layers(model).values():
+        layer.compact()
+
+
+def mark_trainable(model: nn.Module) -> list[str]:
+    """Freeze the backbone; only GLoRA storage and the classifier head train. Returns trainable names."""
+    model.requires_grad_(False)
+    for layer in glora_layers(model).values():
+        for p in layer.adapter_parameters().values():
+            p.requires_grad_(True)
+    for name in head_names(model):
+        model.get_submodule(name).requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def head_params(model: nn.Module) -> int:
+    """Elements of the classifier head."""
+    return sum(p.numel() for n in head_names(model) for p in model.get_submodule(n).parameters())

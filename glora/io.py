@@ -1,0 +1,90 @@
+"""Atomic file writes and the small readers/writers every stage uses (safetensors, YAML, JSON, torch)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+
+
+def atomic_write(path, write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)`, then rename onto `path`: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_tensors(path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); re-create it") from None
+
+
+def tensors_metadata(path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); re-create it") from None
+
+
+def save_yaml(path, data: Any) -> Path:
+    text = yaml.safe_dump(data, sort_keys=False)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def load_yaml(path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
+def save_json(path, data: Any) -> Path:
+    text = json.dumps(data, indent=2) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_torch(path, obj: Any) -> Path:
+    """For optimizer/scheduler/RNG state; always read back with `load_torch` (weights_only)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except Exception as e:  # torch raises many types for a damaged or foreign pickle
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it or re-create it") from None

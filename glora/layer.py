@@ -1,0 +1,215 @@
+"""GLoRALinear: a frozen linear layer with the five GLoRA support tensors, computed by structure.
+
+    y = x (W + W⊙A + B)ᵀ + b + b⊙D + E + (W·C)ᵀ
+
+W, b are the frozen pretrained weights. A, B, C, D, E are carved out of shared storage
+(Ad Au Bd Bu Cd Cu D E) according to the layer's config; see DESIGN.md §2.
+"""
+from __future__ import annotations
+
+import random
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .space import TENSORS, LayerConfig, SearchSpace, parse_choice
+
+# The shared storage of every adapted layer; also its names in checkpoints (DESIGN.md §2).
+STORAGE = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
+
+
+class GLoRALinear(nn.Module):
+    """A supernet (or, with a fixed config, a subnet) layer that replaces one frozen nn.Linear.
+
+    `weight` and `bias` keep their names so backbone state-dict keys do not change. With no fixed
+    config, each training forward draws a layer config from the shared `rng`.
+    """
+
+    def __init__(self, linear: nn.Linear, space: SearchSpace, rng: Optional[random.Random] = None):
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.space = space
+        self.rng = rng
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+        out_f, in_f, r = self.out_features, self.in_features, space.max_rank
+        like = dict(device=self.weight.device, dtype=self.weight.dtype)
+        # The *d halves start at zero so an untrained layer computes exactly the pretrained one.
+        self.Ad = nn.Parameter(torch.zeros(out_f, r, **like))
+        self.Au = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, in_f, **like)))
+        self.Bd = nn.Parameter(torch.zeros(out_f, r, **like))
+        self.Bu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, in_f, **like)))
+        self.Cd = nn.Parameter(torch.zeros(in_f, r, **like))
+        self.Cu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, 1, **like)))
+        self.D = nn.Parameter(torch.zeros(out_f, **like))
+        self.E = nn.Parameter(torch.zeros(out_f, **like))
+
+        self.config: Optional[LayerConfig] = None  # fixed config, or None to sample
+        self.sampled: Optional[LayerConfig] = None  # config of the latest forward
+        self.compacted = False
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        return {name: getattr(self, name) for name in STORAGE}
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.has_bias}, ranks={list(self.space.ranks)}, config={self.config}"
+        )
+
+    # ----------------------------------------------------------------------------- config
+
+    def set_config(self, cfg: Optional[Mapping[str, str]], where: str = "layer") -> None:
+        """Fix the layer config (a dict A..E -> choice), or return to random sampling with None."""
+        if cfg is not None:
+            cfg = self.space.validate(cfg, self.has_bias, where)
+        if self.compacted and cfg != self.config:
+            raise ValueError(f"{where}: a compacted layer only holds its config {self.config}")
+        self.config = cfg
+
+    def active_config(self) -> LayerConfig:
+        if self.config is not None:
+            return self.config
+        if not self.training:
+            raise RuntimeError(
+                "GLoRALinear in eval mode has no fixed config: call set_subnet(model, subnet) "
+                "(or layer.set_config) before evaluating; only training samples subnets"
+            )
+        if self.rng is None:
+            raise RuntimeError("GLoRALinear has no sampler: pass rng to inject_glora or call set_sampler")
+        return self.space.sample(self.rng, self.has_bias)
+
+    # ----------------------------------------------------------------------------- carving
+
+    def carve(self, tensor: str, choice: str) -> Optional[Tensor]:
+        """The support tensor of one choice, in its natural (broadcastable) shape, or None."""
+        kind, rank = parse_choice(choice)
+        if kind == "none":
+            return None
+        if tensor in ("D", "E"):
+            v = getattr(self, tensor)
+            return v if kind == "vector" else v[0]
+        down, up = getattr(self, tensor + "d"), getattr(self, tensor + "u")
+        if kind == "lora":
+            return down[:, :rank] @ up[:rank, :]
+        return down[:, :1] if kind == "vector" else down[0, 0]
+
+    def merged_bias(self, cfg: LayerConfig) -> Optional[Tensor]:
+        """b' = b + b⊙D + E + W·C, with the frozen W (None if the layer has no bias and needs none)."""
+        bias = self.bias
+        D, E, C = self.carve("D", cfg["D"]), self.carve("E", cfg["E"]), self.carve("C", cfg["C"])
+        if D is not None:  # D is "none" whenever the layer has no bias
+            bias = bias + bias * D
+        if E is not None:
+            bias = E.expand(self.out_features) if bias is None else bias + E
+        if C is not None:
+            wc = (self.weight @ C).squeeze(1)
+            bias = wc if bias is None else bias + wc
+        return bias
+
+    def merged_weight(self, cfg: LayerConfig) -> Tensor:
+        """W' = W + W⊙A + B, materialized (out × in)."""
+        weight = self.weight
+        A, B = self.carve("A", cfg["A"]), self.carve("B", cfg["B"])
+        if A is not None:
+            weight = weight + self.weight * A
+        if B is not None:
+            weight = weight + B
+        return weight
+
+    # ----------------------------------------------------------------------------- forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        cfg = self.active_config()
+        self.sampled = cfg
+        bias = self.merged_bias(cfg)
+        a_kind, _ = parse_choice(cfg["A"])
+        if a_kind == "lora":
+            # A low-rank A is the one term with no cheaper form than the dense out×in matrix;
+            # once it is built, B folds into it for free.
+            return F.linear(x, self.merged_weight(cfg), bias)
+
+        if a_kind == "none":
+            y = F.linear(x, self.weight, bias)
+        else:
+            # W⊙A with A a vector or scalar scales the rows of W, i.e. the output channels.
+            scale = 1 + self.carve("A", cfg["A"]).reshape(-1).to(x.dtype)
+            y = F.linear(x, self.weight)
+            y = y * scale if bias is None else torch.addcmul(bias.to(y.dtype), y, scale.to(y.dtype))
+
+        b_kind, b_rank = parse_choice(cfg["B"])
+        if b_kind == "lora":
+            y = y + F.linear(F.linear(x, self.Bu[:b_rank]), self.Bd[:, :b_rank])
+        elif b_kind != "none":
+            # A B that is constant along the input axis adds sum(x) times its per-output value.
+            shift = self.carve("B", cfg["B"]).reshape(-1)
+            y = torch.addcmul(y, x.sum(-1, keepdim=True), shift.to(y.dtype))
+        return y
+
+    def forward_dense(self, x: Tensor) -> Tensor:
+        """The slow reference: materialize W' and b' every call (the authors' release does this)."""
+        cfg = self.active_config()
+        self.sampled = cfg
+        return F.linear(x, self.merged_weight(cfg), self.merged_bias(cfg))
+
+    # ----------------------------------------------------------------------------- subnet
+
+    @torch.no_grad()
+    def compact(self) -> None:
+        """Keep only the storage the fixed config uses, so trainable elements == the formula.
+
+        Carving still works on the sliced storage: lora_k keeps k columns/rows, vector one
+        column, scalar one element, none nothing.
+        """
+        if self.config is None:
+            raise RuntimeError("compact() needs a fixed config")
+        for t in TENSORS:
+            kind, rank = parse_choice(self.config[t])
+            keep = {"lora": rank, "vector": 1, "scalar": 1, "none": 0}[kind]
+            if t in ("D", "E"):
+                keep = {"vector": self.out_features, "scalar": 1, "none": 0}[kind]
+                self._replace(t, getattr(self, t)[:keep])
+                continue
+            down, up = getattr(self, t + "d"), getattr(self, t + "u")
+            rows = 1 if kind == "scalar" else down.shape[0]
+            self._replace(t + "d", down[:rows, :keep])
+            self._replace(t + "u", up[: keep if kind == "lora" else 0])
+        self.compacted = True
+
+    def _replace(self, name: str, value: Tensor) -> None:
+        old = getattr(self, name)
+        setattr(self, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+
+    def adapter_params(self) -> int:
+        """Elements of the fixed config (== storage size once compacted)."""
+        if self.config is None:
+            raise RuntimeError("adapter_params() needs a fixed config")
+        return self.space.count(self.config, self.in_features, self.out_features)
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """A plain nn.Linear holding W', b' of the fixed config (the reparameterization)."""
+        if self.config is None:
+            raise RuntimeError("merging needs a fixed config: call set_subnet first")
+        weight, bias = self.merged_weight(self.config), self.merged_bias(self.config)
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and not torch.isfinite(t).all():
+                raise ValueError(f"merged {name} has non-finite values; refusing to merge")
+        linear = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
+                           device=weight.device, dtype=weight.dtype)
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+        linear.requires_grad_(False)
+        return linear

@@ -1,0 +1,99 @@
+"""The GLoRA search space: choices per support tensor, sampling, validation and parameter counts."""
+from __future__ import annotations
+
+import random
+from typing import Mapping
+
+TENSORS = ("A", "B", "C", "D", "E")
+LayerConfig = dict  # {"A": "lora_4", "B": "vector", "C": "none", "D": "scalar", "E": "vector"}
+
+# The kinds each tensor may take besides its LoRA ranks (A, B and C take `lora_<r>` too).
+_KINDS = {
+    "A": ("vector", "scalar", "none"),
+    "B": ("vector", "scalar", "none"),
+    "C": ("vector", "none"),
+    "D": ("vector", "scalar", "none"),
+    "E": ("vector", "scalar", "none"),
+}
+_HAS_LORA = ("A", "B", "C")
+
+
+def parse_choice(choice: str) -> tuple[str, int]:
+    """`"lora_8"` -> `("lora", 8)`; `"vector"` -> `("vector", 0)`."""
+    if choice.startswith("lora_"):
+        return "lora", int(choice[5:])
+    return choice, 0
+
+
+def choice_params(tensor: str, choice: str, in_features: int, out_features: int) -> int:
+    """Trainable elements of one support tensor choice (DESIGN.md §2)."""
+    kind, rank = parse_choice(choice)
+    if kind == "none":
+        return 0
+    if kind == "scalar":
+        return 1
+    if tensor == "C":  # the prompt lives in the input space
+        return rank * (in_features + 1) if kind == "lora" else in_features
+    if kind == "lora":
+        return rank * (in_features + out_features)
+    return out_features
+
+
+class SearchSpace:
+    """The paper's per-layer space: A, B (weight scale/shift), C (prompt), D, E (bias scale/shift)."""
+
+    def __init__(self, ranks=(4,)):
+        ranks = tuple(sorted({int(r) for r in ranks}))
+        if not ranks or ranks[0] < 1:
+            raise ValueError(f"LoRA ranks must be positive integers, got {list(ranks)}")
+        self.ranks = ranks
+        self.choices = {
+            t: [f"lora_{r}" for r in ranks] * (t in _HAS_LORA) + list(_KINDS[t]) for t in TENSORS
+        }
+
+    @property
+    def max_rank(self) -> int:
+        return self.ranks[-1]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SearchSpace) and self.ranks == other.ranks
+
+    def __repr__(self) -> str:
+        return f"SearchSpace(ranks={self.ranks})"
+
+    def layer_choices(self, has_bias: bool = True) -> dict[str, list[str]]:
+        """Choices for one layer; a layer without bias has nothing for D to scale."""
+        return {t: (c if has_bias or t != "D" else ["none"]) for t, c in self.choices.items()}
+
+    def sample(self, rng: random.Random, has_bias: bool = True) -> LayerConfig:
+        """Draw each tensor uniformly and independently from its choices."""
+        return {t: rng.choice(c) for t, c in self.layer_choices(has_bias).items()}
+
+    def validate(self, cfg: Mapping[str, str], has_bias: bool = True, where: str = "layer") -> LayerConfig:
+        """Return `cfg` as a plain dict in tensor order, or raise ValueError naming the valid choices."""
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"{where}: a layer config maps A..E to choices, got {cfg!r}")
+        unknown = set(cfg) - set(TENSORS)
+        missing = set(TENSORS) - set(cfg)
+        if unknown or missing:
+            raise ValueError(
+                f"{where}: a layer config needs exactly the tensors {list(TENSORS)}; "
+                f"unknown {sorted(unknown)}, missing {sorted(missing)}"
+            )
+        choices = self.layer_choices(has_bias)
+        for t in TENSORS:
+            if cfg[t] not in choices[t]:
+                raise ValueError(f"{where}: {t}={cfg[t]!r} is not a valid choice; valid: {choices[t]}")
+        return {t: str(cfg[t]) for t in TENSORS}
+
+    def count(self, cfg: Mapping[str, str], in_features: int, out_features: int) -> int:
+        """Trainable parameters of a layer config (the budget's unit)."""
+        return sum(choice_params(t, cfg[t], in_features, out_features) for t in TENSORS)
+
+    def bounds(self, in_features: int, out_features: int, has_bias: bool = True) -> tuple[int, int]:
+        """The smallest and largest parameter counts a layer of this shape can take."""
+        per_tensor = [
+            [choice_params(t, c, in_features, out_features) for c in cs]
+            for t, cs in self.layer_choices(has_bias).items()
+        ]
+        return sum(map(min, per_tensor)), sum(map(max, per_tensor))

@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny timm ViTs that build in milliseconds on the CPU."""
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=3)
+
+
+def tiny_vit(num_classes=5, dtype=torch.float64, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=num_classes, **{**TINY, **kwargs})
+    return model.to(dtype).eval()
+
+
+@pytest.fixture
+def vit():
+    return tiny_vit()

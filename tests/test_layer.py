@@ -1,0 +1,152 @@
+"""GLoRALinear against an independent implementation of the paper's equation (float64)."""
+import itertools
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from glora import GLoRALinear, SearchSpace
+from glora.space import TENSORS
+
+
+def paper_equation(W, b, P, cfg):
+    """y-parameters straight from DESIGN.md §2, written without the layer's helpers."""
+    out_f, in_f = W.shape
+
+    def carve(d, u, choice, n_rows):
+        if choice == "none":
+            return torch.zeros(n_rows, u.shape[1] if u is not None else 1, dtype=W.dtype)
+        if choice == "vector":
+            return d[:, 0:1]
+        if choice == "scalar":
+            return d[0, 0] * torch.ones(1, 1, dtype=W.dtype)
+        k = int(choice.split("_")[1])
+        return d[:, :k] @ u[:k, :]
+
+    A = carve(P["Ad"], P["Au"], cfg["A"], out_f)
+    B = carve(P["Bd"], P["Bu"], cfg["B"], out_f)
+    C = carve(P["Cd"], P["Cu"], cfg["C"], in_f)
+    vec = lambda v, c: torch.zeros_like(v) if c == "none" else (v if c == "vector" else v[0].expand_as(v))  # noqa: E731
+    D, E = vec(P["D"], cfg["D"]), vec(P["E"], cfg["E"])
+    W2 = W + W * A + B
+    b0 = b if b is not None else torch.zeros(out_f, dtype=W.dtype)
+    b2 = b0 + b0 * D + E + (W @ C).reshape(-1)
+    return W2, b2
+
+
+def make_layer(ranks=(4, 8), bias=True, in_f=9, out_f=6, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_f, out_f, bias=bias).double()
+    layer = GLoRALinear(lin, SearchSpace(ranks))
+    for p in layer.adapter_parameters().values():
+        nn.init.normal_(p)
+    return layer
+
+
+def all_configs(space, has_bias):
+    ch = space.layer_choices(has_bias)
+    for combo in itertools.product(*(ch[t] for t in TENSORS)):
+        yield dict(zip(TENSORS, combo))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("ranks", [(4,), (2, 4, 8)])
+def test_every_config_matches_the_equation(bias, ranks):
+    layer = make_layer(ranks, bias)
+    x = torch.randn(3, 5, layer.in_features, dtype=torch.float64)
+    P = {k: v.detach() for k, v in layer.adapter_parameters().items()}
+    n = 0
+    for cfg in all_configs(layer.space, bias):
+        layer.set_config(cfg)
+        W2, b2 = paper_equation(layer.weight.detach(), None if layer.bias is None else layer.bias.detach(), P, cfg)
+        expect = x @ W2.T + b2
+        merged = layer.merged_weight(cfg)
+        mb = layer.merged_bias(cfg)
+        torch.testing.assert_close(merged, W2, rtol=0, atol=1e-12)
+        torch.testing.assert_close(mb if mb is not None else torch.zeros_like(b2), b2, rtol=0, atol=1e-12)
+        torch.testing.assert_close(layer(x), expect, rtol=0, atol=1e-10)
+        torch.testing.assert_close(layer.forward_dense(x), expect, rtol=0, atol=1e-10)
+        lin = layer.to_linear()
+        torch.testing.assert_close(lin(x), expect, rtol=0, atol=1e-10)
+        n += 1
+    assert n == len(list(all_configs(layer.space, bias)))
+
+
+def test_fast_path_gradients_match_dense_reference():
+    layer = make_layer((4, 8))
+    x = torch.randn(4, layer.in_features, dtype=torch.float64)
+    for cfg in itertools.islice(all_configs(layer.space, True), 0, None, 7):
+        layer.set_config(cfg)
+        grads = []
+        for fwd in (layer.forward, layer.forward_dense):
+            layer.zero_grad()
+            fwd(x).pow(2).sum().backward()
+            grads.append({k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                          for k, p in layer.adapter_parameters().items()})
+        for k in grads[0]:
+            torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-10, atol=1e-10)
+
+
+def test_fast_path_never_builds_dense_matrices_without_lora_A(monkeypatch):
+    layer = make_layer((4,))
+    calls = []
+    real = layer.merged_weight
+    monkeypatch.setattr(layer, "merged_weight", lambda cfg: calls.append(cfg) or real(cfg))
+    x = torch.randn(2, layer.in_features, dtype=torch.float64)
+    for cfg in all_configs(layer.space, True):
+        layer.set_config(cfg)
+        layer(x)
+    assert calls and all(c["A"].startswith("lora") for c in calls)
+
+
+def test_untrained_layer_is_the_pretrained_layer():
+    lin = nn.Linear(9, 6).double()
+    layer = GLoRALinear(lin, SearchSpace((4, 8)))
+    x = torch.randn(3, 9, dtype=torch.float64)
+    for cfg in all_configs(layer.space, True):
+        layer.set_config(cfg)
+        torch.testing.assert_close(layer(x), lin(x), rtol=0, atol=0)
+
+
+def test_storage_names_shapes_and_init():
+    lin = nn.Linear(9, 6)
+    layer = GLoRALinear(lin, SearchSpace((4, 8)))
+    shapes = {k: tuple(v.shape) for k, v in layer.adapter_parameters().items()}
+    assert shapes == {"Ad": (6, 8), "Au": (8, 9), "Bd": (6, 8), "Bu": (8, 9), "Cd": (9, 8), "Cu": (8, 1),
+                      "D": (6,), "E": (6,)}
+    for k in ("Ad", "Bd", "Cd", "D", "E"):
+        assert not layer.adapter_parameters()[k].any()
+    assert layer.Au.abs().max() <= (6 / (8 + 9)) ** 0.5  # Xavier-uniform bound
+    assert layer.weight is lin.weight and not layer.weight.requires_grad
+    assert set(dict(layer.named_parameters())) >= {"weight", "bias"}
+
+
+def test_sampling_in_training_and_error_in_eval():
+    layer = make_layer()
+    layer.rng = random.Random(0)
+    x = torch.randn(2, layer.in_features, dtype=torch.float64)
+    layer.train()
+    seen = set()
+    for _ in range(40):
+        layer(x)
+        seen.add(tuple(layer.sampled.values()))
+    assert len(seen) > 30
+    layer.eval()
+    with pytest.raises(RuntimeError, match="eval mode has no fixed config"):
+        layer(x)
+
+
+def test_compact_keeps_exactly_the_formula_and_the_function():
+    for seed, cfg in enumerate(all_configs(SearchSpace((2, 4)), True)):
+        if seed % 5:
+            continue
+        layer = make_layer((2, 4), seed=seed)
+        layer.set_config(cfg)
+        x = torch.randn(3, layer.in_features, dtype=torch.float64)
+        y = layer(x)
+        layer.compact()
+        assert sum(p.numel() for p in layer.adapter_parameters().values()) == layer.adapter_params()
+        torch.testing.assert_close(layer(x), y, rtol=0, atol=1e-12)
+        with pytest.raises(ValueError, match="compacted"):
+            layer.set_config({**cfg, "A": "none" if cfg["A"] != "none" else "scalar"})
