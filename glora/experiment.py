@@ -1,0 +1,54 @@
+"""From a resolved config to the objects every stage needs: the GLoRA model and the data splits."""
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+
+from data import load_split, normalize
+from data.vtab import SplitData
+
+from .errors import UserError
+from .inject import inject_glora, mark_trainable
+from .model import create_model
+from .space import SearchSpace
+
+
+def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = None) -> nn.Module:
+    """The backbone with its fresh head and GLoRA injected; only adapters and head train."""
+    m, g = cfg["model"], cfg["glora"]
+    model = create_model(m["name"], num_classes, m["pretrained"], **(m["kwargs"] or {}))
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    want = (cfg["data"]["img_size"],) * 2
+    if size is not None and tuple(size) != want:
+        raise UserError(f"data.img_size={want[0]} but model {m['name']} takes {tuple(size)} images: "
+                        "set model.kwargs.img_size to the same size")
+    try:
+        space = SearchSpace(g["ranks"])
+        inject_glora(model, space, g["targets"], g["exclude"] or None, rng=sampler)
+    except ValueError as e:
+        raise UserError(f"glora config: {e}") from None
+    mark_trainable(model)
+    return model
+
+
+def load_data(cfg: dict, split: str) -> SplitData:
+    d = cfg["data"]
+    if not d["task"]:
+        raise UserError("data.task is not set: use a task config (configs/vtab/<task>.yaml) or --set data.task=NAME")
+    return load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
+                      interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"])
+
+
+def train_loader(cfg: dict, split: SplitData, device: torch.device):
+    """Shuffled, normalized batches of a split held on `device`."""
+    d = cfg["data"]
+    return split.loader(d["batch_size"], shuffle=True, seed=cfg["seed"], mean=d["mean"], std=d["std"]).to(device)
+
+
+def eval_tensors(cfg: dict, split: SplitData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split normalized once, on `device` (for repeated evaluation)."""
+    d = cfg["data"]
+    images = split.images.to(device)
+    return normalize(images, d["mean"], d["std"]), split.labels.to(device)

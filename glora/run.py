@@ -1,0 +1,108 @@
+"""What every stage script shares: the command line, the output folder, logging, device and seeds."""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .config import load_config, save_config
+from .errors import UserError
+
+log = logging.getLogger("glora")
+
+
+def parse_args(description: str, argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("config", nargs="?", help="experiment YAML (defaults: configs/defaults.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue this stage from its last checkpoint")
+    return p.parse_args(argv)
+
+
+def cli(main: Callable[[argparse.Namespace], None], description: str) -> None:
+    """Run a stage's `main`; bad input ends with one `error:` line and exit status 2."""
+    args = parse_args(description)
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+class Stage:
+    """One stage's run: resolved config, `<output>/<stage>/` folder, log file, device, seeds."""
+
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name = name
+        self.cfg = load_config(args.config, args.overrides)
+        self.resume = args.resume
+        self.root = Path(self.cfg["output"])
+        self.dir = self.root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._setup_logging()
+        self.device = resolve_device(self.cfg["device"])
+        save_config(self.cfg, self.dir / "config.yaml")
+        seed_everything(self.cfg["seed"])
+        log.info("%s: output %s, device %s%s", name, self.dir, self.device, " (resuming)" if self.resume else "")
+
+    def _setup_logging(self) -> None:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        log.handlers.clear()
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(self.dir / "log.txt")):
+            handler.setFormatter(fmt)
+            log.addHandler(handler)
+
+    @functools.cached_property
+    def writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.dir / "tb"))
+
+    def close(self) -> None:
+        if "writer" in self.__dict__:
+            self.writer.close()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} but CUDA is not available here; use --set device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Global RNG states (drop-path and dropout draw from torch's), for exact resume."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def tuples(x):
+    """random.setstate wants the tuples it gave; a checkpoint round trip may return lists."""
+    return tuple(tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,106 @@
+"""The epoch loop of both fine-tuning stages: AdamW, cosine schedule with warm-up, checkpoints, resume."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Callable, Optional
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .engine import train_step
+from .errors import UserError
+from .run import Stage, log, rng_state, set_rng_state, tuples
+
+
+class Trainer:
+    """Trains `model`'s trainable parameters on `loader` as the stage's config section says.
+
+    `section` holds epochs, lr, weight_decay, warmup_epochs, warmup_lr, min_lr, ckpt_every;
+    `validate(epoch)` returns scalars to log every `eval_every` epochs and at the end;
+    `sampler` is the generator the supernet draws its subnets from (saved for exact resume).
+    """
+
+    def __init__(self, stage: Stage, model: nn.Module, loader, section: dict,
+                 validate: Optional[Callable[[], dict]] = None, eval_every: int = 0,
+                 sampler: Optional[random.Random] = None, amp: bool = True):
+        self.stage, self.model, self.loader, self.section = stage, model, loader, section
+        self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
+        self.epochs = int(section["epochs"])
+        # timm's factory: AdamW, with no weight decay on biases and other 1-D parameters.
+        self.optimizer = create_optimizer_v2(model, "adamw", lr=section["lr"], weight_decay=section["weight_decay"])
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=self.epochs, lr_min=section["min_lr"],
+            warmup_t=section["warmup_epochs"], warmup_lr_init=section["warmup_lr"],
+        )
+        self.epoch = 0
+        self.train_seconds = 0.0
+        self.ckpt_dir = stage.dir / "checkpoint"
+
+    def state(self) -> dict:
+        state = {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": rng_state(),
+            "train_seconds": self.train_seconds,
+        }
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.getstate()
+        return state
+
+    def restore(self) -> bool:
+        """Continue from the last checkpoint, if there is one; returns whether it did."""
+        folder = find_checkpoint(self.ckpt_dir)
+        if folder is None:
+            log.info("no checkpoint in %s: starting from epoch 0", self.ckpt_dir)
+            return False
+        state = load_checkpoint(folder, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        if self.sampler is not None:
+            self.sampler.setstate(tuples(state["sampler"]))
+        self.epoch, self.train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        log.info("resumed from %s at epoch %d", folder, self.epoch)
+        return True
+
+    def fit(self) -> dict:
+        writer, device = self.stage.writer, self.stage.device
+        metrics: dict = {}
+        bar = tqdm(range(self.epoch, self.epochs), desc=self.stage.name, initial=self.epoch, total=self.epochs)
+        for epoch in bar:
+            start = time.perf_counter()
+            self.scheduler.step(epoch)
+            self.model.train()
+            total, batches = torch.zeros((), device=device), 0
+            for x, y in self.loader:
+                total += train_step(self.model, x, y, self.optimizer, device, self.amp)
+                batches += 1
+            loss = total.item() / max(batches, 1)
+            if not math.isfinite(loss):
+                raise UserError(f"training diverged (loss {loss}) at epoch {epoch}: lower {self.stage.name}.lr")
+            self.train_seconds += time.perf_counter() - start
+            self.epoch = epoch + 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            writer.add_scalar("train/loss", loss, self.epoch)
+            writer.add_scalar("opt/lr", lr, self.epoch)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            last = self.epoch == self.epochs
+            if self.validate is not None and (last or (self.eval_every and self.epoch % self.eval_every == 0)):
+                metrics = self.validate()
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, self.epoch)
+                log.info("epoch %d: loss %.4f, %s", self.epoch, loss,
+                         ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            if last or self.epoch % int(self.section["ckpt_every"]) == 0:
+                save_checkpoint(self.ckpt_dir, self.model, self.state())
+        writer.flush()
+        return metrics

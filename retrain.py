@@ -1,0 +1,87 @@
+"""Stage 3: retrain the chosen subnet on train800val200, test it, merge it into a plain timm ViT, export."""
+import copy
+import time
+
+from glora import compact_subnet, load_adapters, load_subnet, merge_glora, save_adapters, set_subnet, subnet_params
+from glora.engine import evaluate, split_batches
+from glora.errors import UserError
+from glora.experiment import build_model, eval_tensors, load_data, train_loader
+from glora.inject import head_params, mark_trainable
+from glora.io import load_yaml, save_json
+from glora.merge import export_merged
+from glora.model import count_params
+from glora.run import Stage, cli, log
+from glora.trainer import Trainer
+
+
+def main(args):
+    stage = Stage("retrain", args)
+    cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
+    subnet_file = stage.root / "search" / "best_subnet.yaml"
+    supernet_file = stage.root / "supernet" / "supernet.safetensors"
+    if not subnet_file.is_file():
+        raise UserError(f"{subnet_file}: no searched subnet; run search.py with this config first")
+    if r["init"] not in ("supernet", "scratch"):
+        raise UserError(f"retrain.init={r['init']!r}: use supernet or scratch")
+    if r["init"] == "supernet" and not supernet_file.is_file():
+        raise UserError(f"{supernet_file}: no trained supernet to start from; run train.py or set retrain.init=scratch")
+
+    train = load_data(cfg, "train800val200")
+    test_x, test_y = eval_tensors(cfg, load_data(cfg, "test"), device)
+    model = build_model(cfg, train.num_classes)
+    subnet, meta = load_subnet(subnet_file, model)
+    if r["init"] == "supernet":
+        load_adapters(model, supernet_file)
+    set_subnet(model, subnet)
+    compact_subnet(model)  # only the subnet's own parameters exist, and train
+    mark_trainable(model)
+    model.to(device)
+    adapter_params = subnet_params(model, subnet)
+    if "params" in meta and meta["params"] != adapter_params:
+        raise UserError(f"{subnet_file}: says {meta['params']} parameters but counts {adapter_params}; "
+                        "it was searched with other glora settings")
+    log.info("subnet: %d adapter parameters (+ head %d), init from %s", adapter_params, head_params(model), r["init"])
+
+    def test_batches():
+        return split_batches(test_x, test_y, cfg["data"]["eval_batch_size"])
+
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), r, amp=cfg["train"]["amp"])
+    if stage.resume:
+        trainer.restore()
+    trainer.fit()
+    # Honest protocol: the test accuracy of the final epoch, evaluated once.
+    start = time.perf_counter()
+    test_acc = evaluate(model, test_batches(), device, cfg["train"]["amp"])
+    eval_seconds = time.perf_counter() - start
+    save_adapters(model, stage.dir / "adapters.safetensors")
+
+    merged = merge_glora(copy.deepcopy(model))
+    start = time.perf_counter()
+    test_acc_merged = evaluate(merged, test_batches(), device, cfg["train"]["amp"])
+    merged_eval_seconds = time.perf_counter() - start
+    path = export_merged(merged, stage.dir / "merged.safetensors",
+                         {"model": cfg["model"]["name"], "num_classes": train.num_classes})
+    stage.writer.add_scalar("perf/test_acc1", test_acc, trainer.epoch)
+    stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
+
+    summaries = {s: stage.root / s / "summary.json" for s in ("supernet", "search")}
+    timings = {"retrain_train_s": trainer.train_seconds, "test_eval_s": eval_seconds,
+               "test_eval_merged_s": merged_eval_seconds}
+    for key, s, field in (("supernet_train_s", "supernet", "train_seconds"), ("search_s", "search", "search_seconds")):
+        if summaries[s].is_file():
+            timings[key] = load_yaml(summaries[s]).get(field)
+    results = {
+        "task": cfg["data"]["task"], "model": cfg["model"]["name"], "num_classes": train.num_classes,
+        "test_acc": test_acc, "test_acc_merged": test_acc_merged,
+        "adapter_params": adapter_params, "head_params": head_params(merged),
+        "trainable_params": count_params(model, trainable_only=True),
+        "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
+        "merged_checkpoint": str(path), "timings": timings,
+    }
+    save_json(stage.dir / "results.json", results)
+    log.info("test acc1 %.2f, merged %.2f, %d adapter params -> %s", test_acc, test_acc_merged, adapter_params, path)
+    stage.close()
+
+
+if __name__ == "__main__":
+    cli(main, __doc__)

@@ -1,0 +1,1 @@
+"""Stage 2: evolutionary search for the per-layer GLoRA configuration under a parameter budget."""

@@ -1,0 +1,178 @@
+"""Evolutionary search over per-layer GLoRA configs under a parameter budget.
+
+The algorithm of the paper's release (after AutoFormer): a random first population; then, each
+generation, the top-k candidates seen so far breed by mutation (each layer's tensor re-drawn
+with a probability) and uniform crossover, and random candidates refill the population. Unlike
+the release, a candidate is never scored twice, every draw is bounded, and an infeasible budget
+fails at once.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from glora.errors import UserError
+from glora.space import TENSORS, choice_params
+
+Key = tuple  # one tuple of A..E choices per layer, in layer order: hashable and ordered
+
+
+@dataclass(frozen=True)
+class LayerSlot:
+    """What the search needs of one adapted layer: its choices per tensor and its shape."""
+
+    choices: dict  # tensor -> list of choices
+    in_features: int
+    out_features: int
+
+    def cost(self, tensor: str, choice: str) -> int:
+        return choice_params(tensor, choice, self.in_features, self.out_features)
+
+
+class CandidateSpace:
+    """Subnets as keys, with their parameter counts, budget checks and the breeding moves."""
+
+    def __init__(self, slots: dict[str, LayerSlot], budget: tuple[int, int], max_tries: int = 1000):
+        self.names = list(slots)
+        self.slots = [slots[n] for n in self.names]
+        self.lo, self.hi = budget
+        self.max_tries = max_tries
+        smallest = sum(min(s.cost(t, c) for c in s.choices[t]) for s in self.slots for t in TENSORS)
+        largest = sum(max(s.cost(t, c) for c in s.choices[t]) for s in self.slots for t in TENSORS)
+        if self.lo > self.hi or self.hi < smallest or self.lo > largest:
+            raise UserError(
+                f"search.budget [{self.lo / 1e6:g}, {self.hi / 1e6:g}]M is infeasible: subnets of this model "
+                f"have between {smallest / 1e6:g}M ({smallest}) and {largest / 1e6:g}M ({largest}) adapter "
+                "parameters; choose [min, max] in millions within that range"
+            )
+
+    def params(self, key: Key) -> int:
+        return sum(s.cost(t, c) for s, cfg in zip(self.slots, key) for t, c in zip(TENSORS, cfg))
+
+    def fits(self, key: Key) -> bool:
+        return self.lo <= self.params(key) <= self.hi
+
+    def subnet(self, key: Key) -> dict:
+        return {n: dict(zip(TENSORS, cfg)) for n, cfg in zip(self.names, key)}
+
+    def key(self, subnet: dict) -> Key:
+        return tuple(tuple(subnet[n][t] for t in TENSORS) for n in self.names)
+
+    # --------------------------------------------------------------------------------- moves
+
+    def sample(self, rng: random.Random) -> Key:
+        """A uniform random subnet, repaired into the budget by re-drawing single choices."""
+        genes = [[rng.choice(s.choices[t]) for t in TENSORS] for s in self.slots]
+        total = sum(s.cost(t, c) for s, g in zip(self.slots, genes) for t, c in zip(TENSORS, g))
+        for _ in range(self.max_tries):
+            if self.lo <= total <= self.hi:
+                return tuple(tuple(g) for g in genes)
+            shrink = total > self.hi
+            # Any (layer, tensor) that can move towards the budget; re-draw it among such choices.
+            moves = [(i, j, c) for i, (s, g) in enumerate(zip(self.slots, genes)) for j, t in enumerate(TENSORS)
+                     for c in s.choices[t] if (s.cost(t, c) < s.cost(t, g[j])) == shrink and s.cost(t, c) != s.cost(t, g[j])]
+            i, j, c = rng.choice(moves)
+            t = TENSORS[j]
+            total += self.slots[i].cost(t, c) - self.slots[i].cost(t, genes[i][j])
+            genes[i][j] = c
+        raise UserError(f"could not draw a subnet within search.budget [{self.lo / 1e6:g}, {self.hi / 1e6:g}]M "
+                        f"in {self.max_tries} steps: the window is too narrow for this model; widen it")
+
+    def mutate(self, key: Key, prob: float, rng: random.Random) -> Key:
+        """Re-draw each layer's each tensor with probability `prob`."""
+        return tuple(
+            tuple(rng.choice(s.choices[t]) if rng.random() < prob else c for t, c in zip(TENSORS, cfg))
+            for s, cfg in zip(self.slots, key)
+        )
+
+    def crossover(self, a: Key, b: Key, rng: random.Random) -> Key:
+        """Uniform crossover: each layer's each tensor from either parent."""
+        return tuple(tuple(x if rng.random() < 0.5 else y for x, y in zip(ca, cb)) for ca, cb in zip(a, b))
+
+
+@dataclass
+class Record:
+    key: Key
+    params: int
+    acc1: float
+    generation: int
+
+
+class EvolutionSearch:
+    """Runs the generations; `state()`/`load_state()` make it resumable at generation boundaries."""
+
+    def __init__(self, space: CandidateSpace, score: Callable[[dict], float], *, generations: int,
+                 population: int, parents: int, mutations: int, mutation_prob: float, crossovers: int,
+                 seed: int = 0):
+        self.space, self.score = space, score
+        self.generations, self.population, self.parents = generations, population, parents
+        self.mutations, self.mutation_prob, self.crossovers = mutations, mutation_prob, crossovers
+        self.rng = random.Random(seed)
+        self.records: dict[Key, Record] = {}
+        self.generation = 0  # generations completed
+
+    # --------------------------------------------------------------------------------- breeding
+
+    def ranked(self, keys: Optional[Iterable[Key]] = None) -> list[Record]:
+        """Best first: higher accuracy, then fewer parameters."""
+        recs = self.records.values() if keys is None else [self.records[k] for k in keys]
+        return sorted(recs, key=lambda r: (-r.acc1, r.params, r.key))
+
+    def _new(self, make: Callable[[], Key], count: int, taken: set) -> list[Key]:
+        """Up to `count` unseen in-budget keys from `make`, giving up after a bounded number of tries."""
+        out = []
+        for _ in range(count * self.space.max_tries if count else 0):
+            if len(out) == count:
+                break
+            key = make()
+            if key not in self.records and key not in taken and self.space.fits(key):
+                out.append(key)
+                taken.add(key)
+        return out
+
+    def next_population(self) -> list[Key]:
+        taken: set = set()
+        keys: list[Key] = []
+        if self.records:
+            top = [r.key for r in self.ranked()[: self.parents]]
+            keys += self._new(lambda: self.space.mutate(self.rng.choice(top), self.mutation_prob, self.rng),
+                              self.mutations, taken)
+            keys += self._new(lambda: self.space.crossover(self.rng.choice(top), self.rng.choice(top), self.rng),
+                              self.crossovers, taken)
+        keys += self._new(lambda: self.space.sample(self.rng), self.population - len(keys), taken)
+        return keys
+
+    def step(self) -> list[Record]:
+        """Breed, score and record one generation; returns its records."""
+        keys = self.next_population()
+        if not keys:
+            raise UserError("the search space within search.budget is exhausted: every subnet has been scored")
+        for key in keys:
+            self.records[key] = Record(key, self.space.params(key), float(self.score(self.space.subnet(key))),
+                                       self.generation)
+        self.generation += 1
+        return [self.records[k] for k in keys]
+
+    def best(self) -> Record:
+        return self.ranked()[0]
+
+    # --------------------------------------------------------------------------------- resume
+
+    def state(self) -> dict:
+        return {
+            "generation": self.generation,
+            "rng": self.rng.getstate(),
+            "records": [{"key": [list(c) for c in r.key], "params": r.params, "acc1": r.acc1,
+                         "generation": r.generation} for r in self.records.values()],
+        }
+
+    def load_state(self, state: dict) -> None:
+        from glora.run import tuples
+
+        self.generation = int(state["generation"])
+        self.rng.setstate(tuples(state["rng"]))
+        self.records = {}
+        for r in state["records"]:
+            key = tuples(r["key"])
+            self.records[key] = Record(key, int(r["params"]), float(r["acc1"]), int(r["generation"]))

@@ -1,0 +1,55 @@
+"""Stage 1: train the GLoRA supernet on train800, one random subnet per forward pass."""
+import random
+import time
+
+from glora import sample_subnet, save_adapters, set_subnet
+from glora.engine import evaluate, split_batches
+from glora.experiment import build_model, eval_tensors, load_data, train_loader
+from glora.inject import head_params
+from glora.io import save_json
+from glora.model import count_params
+from glora.run import Stage, cli, log
+from glora.trainer import Trainer
+
+
+def main(args):
+    stage = Stage("supernet", args)
+    cfg, device = stage.cfg, stage.device
+    train = load_data(cfg, "train800")
+    val_x, val_y = eval_tensors(cfg, load_data(cfg, "val200"), device)
+    sampler = random.Random(cfg["seed"])  # every sampled subnet comes from here
+    model = build_model(cfg, train.num_classes, sampler).to(device)
+    log.info("trainable parameters: %d (head %d)", count_params(model, trainable_only=True), head_params(model))
+
+    # A few fixed subnets whose validation accuracy tracks how the supernet as a whole learns.
+    references = [sample_subnet(model, random.Random(cfg["seed"] + 1 + i)) for i in range(cfg["train"]["eval_subnets"])]
+
+    def validate():
+        accs = {}
+        for i, subnet in enumerate(references):
+            set_subnet(model, subnet)
+            accs[f"perf/val_acc1/subnet{i}"] = evaluate(model, split_batches(val_x, val_y, cfg["data"]["eval_batch_size"]),
+                                                      device, cfg["train"]["amp"])
+        set_subnet(model, None)
+        if accs:
+            accs["perf/val_acc1"] = sum(accs.values()) / len(accs)
+        return accs
+
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), cfg["train"], validate,
+                      cfg["train"]["eval_every"], sampler, cfg["train"]["amp"])
+    if stage.resume:
+        trainer.restore()
+    start = time.perf_counter()
+    metrics = trainer.fit()
+    path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs})
+    save_json(stage.dir / "summary.json", {
+        "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
+        "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
+        "val_acc1_reference_subnets": metrics, "supernet": str(path),
+    })
+    log.info("supernet written to %s", path)
+    stage.close()
+
+
+if __name__ == "__main__":
+    cli(main, __doc__)
