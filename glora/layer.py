@@ -174,6 +174,8 @@ class GLoRALinear(nn.Module):
         """
         if self.config is None:
             raise RuntimeError("compact() needs a fixed config")
+        if self.compacted:  # new Parameters would orphan an optimizer that holds the current ones
+            return
         for t in TENSORS:
             kind, rank = parse_choice(self.config[t])
             keep = {"lora": rank, "vector": 1, "scalar": 1, "none": 0}[kind]

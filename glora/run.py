@@ -18,7 +18,7 @@ from .errors import UserError
 log = logging.getLogger("glora")
 
 
-def parse_args(description: str, argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[list[str]] = None, description: Optional[str] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("config", nargs="?", help="experiment YAML (defaults: configs/defaults.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -29,7 +29,7 @@ def parse_args(description: str, argv: Optional[list[str]] = None) -> argparse.N
 
 def cli(main: Callable[[argparse.Namespace], None], description: str) -> None:
     """Run a stage's `main`; bad input ends with one `error:` line and exit status 2."""
-    args = parse_args(description)
+    args = parse_args(description=description)
     try:
         main(args)
     except UserError as e:

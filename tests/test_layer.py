@@ -150,3 +150,12 @@ def test_compact_keeps_exactly_the_formula_and_the_function():
         torch.testing.assert_close(layer(x), y, rtol=0, atol=1e-12)
         with pytest.raises(ValueError, match="compacted"):
             layer.set_config({**cfg, "A": "none" if cfg["A"] != "none" else "scalar"})
+
+
+def test_compact_twice_keeps_the_parameters_an_optimizer_holds():
+    layer = make_layer((4,))
+    layer.set_config({"A": "lora_4", "B": "vector", "C": "none", "D": "scalar", "E": "vector"})
+    layer.compact()
+    before = [id(p) for p in layer.parameters()]
+    layer.compact()
+    assert [id(p) for p in layer.parameters()] == before

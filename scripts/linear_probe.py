@@ -1,0 +1,42 @@
+"""Baseline: a linear probe of the same backbone (only the head trains), with the retrain's settings.
+
+It is the all-`none` GLoRA subnet, so it runs through exactly the retrain's loop and data.
+Writes `<output>/linear_probe/results.json` with `test_acc`.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from glora import compact_subnet, glora_layers, set_subnet  # noqa: E402
+from glora.engine import evaluate, split_batches  # noqa: E402
+from glora.experiment import build_model, eval_tensors, load_data, train_loader  # noqa: E402
+from glora.inject import head_params, mark_trainable  # noqa: E402
+from glora.io import save_json  # noqa: E402
+from glora.run import Stage, cli, log  # noqa: E402
+from glora.trainer import Trainer  # noqa: E402
+
+
+def main(args):
+    stage = Stage("linear_probe", args)
+    cfg, device = stage.cfg, stage.device
+    train = load_data(cfg, "train800val200")
+    test_x, test_y = eval_tensors(cfg, load_data(cfg, "test"), device)
+    model = build_model(cfg, train.num_classes)
+    set_subnet(model, {n: dict.fromkeys("ABCDE", "none") for n in glora_layers(model)})
+    compact_subnet(model)
+    mark_trainable(model)
+    model.to(device)
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), cfg["retrain"], amp=cfg["train"]["amp"])
+    if stage.resume:
+        trainer.restore()
+    trainer.fit()
+    acc = evaluate(model, split_batches(test_x, test_y, cfg["data"]["eval_batch_size"]), device, cfg["train"]["amp"])
+    save_json(stage.dir / "results.json", {"task": cfg["data"]["task"], "test_acc": acc,
+                                           "head_params": head_params(model), "epochs": trainer.epochs})
+    log.info("linear probe: test acc1 %.2f", acc)
+    stage.close()
+
+
+if __name__ == "__main__":
+    cli(main, __doc__)

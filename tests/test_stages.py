@@ -1,0 +1,180 @@
+"""The three stages end to end on the bundled demo task, resume equivalence, and clear failures."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from data import build_demo
+from glora.run import parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def stage(name):
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(name, config, *extra):
+    stage(name).main(parse_args([str(config), *extra]))
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    build_demo(root)
+    return root
+
+
+@pytest.fixture
+def config(tmp_path, demo_root):
+    cfg = {
+        "output": str(tmp_path / "run"), "device": "cpu",
+        "model": {"name": "vit_tiny_patch16_224", "pretrained": False,
+                  "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3,
+                             "drop_path_rate": 0.1}},
+        "data": {"root": str(demo_root), "task": "digits", "img_size": 32, "batch_size": 64},
+        "glora": {"ranks": [2, 4]},
+        "train": {"epochs": 4, "lr": 2e-3, "warmup_epochs": 1, "eval_every": 2, "eval_subnets": 2, "ckpt_every": 2},
+        "search": {"generations": 3, "population": 8, "parents": 3, "mutations": 3, "crossovers": 3,
+                   "budget": [0.0, 0.01]},
+        "retrain": {"epochs": 2, "lr": 2e-3, "warmup_epochs": 1, "ckpt_every": 1},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_first_checkpoint(monkeypatch):
+    import glora.trainer
+
+    real = glora.trainer.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(glora.trainer, "save_checkpoint", save_then_die)
+
+
+def test_pipeline_end_to_end(config, tmp_path):
+    run("train", config)
+    run("search", config)
+    run("retrain", config)
+    out = tmp_path / "run"
+    for f in ("supernet/supernet.safetensors", "supernet/summary.json", "supernet/config.yaml", "supernet/log.txt",
+              "search/best_subnet.yaml", "search/candidates.jsonl", "search/summary.json",
+              "retrain/merged.safetensors", "retrain/adapters.safetensors", "retrain/results.json"):
+        assert (out / f).is_file(), f
+    assert list((out / "supernet" / "tb").iterdir())
+    best = yaml.safe_load((out / "search" / "best_subnet.yaml").read_text())
+    assert 0 <= best["params"] <= 0.01e6
+    lines = (out / "search" / "candidates.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and len({tuple(json.loads(l)["layers"]) for l in lines}) == 24
+    results = json.loads((out / "retrain" / "results.json").read_text())
+    assert results["test_acc"] == results["test_acc_merged"]
+    assert results["adapter_params"] == best["params"]
+    assert results["trainable_params"] == results["adapter_params"] + results["head_params"]
+    # the merged checkpoint is an ordinary timm model
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=2,
+                              embed_dim=48, num_heads=3, checkpoint_path=str(out / "retrain" / "merged.safetensors"))
+    assert model.head.out_features == 10
+
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(out)],
+                             capture_output=True, text=True)
+    assert summary.returncode == 0 and "| digits | own |" in summary.stdout
+    assert (out / "results.md").is_file() and (out / "results.csv").is_file()
+
+
+def test_supernet_resume_equals_uninterrupted(config, tmp_path, monkeypatch):
+    run("train", config, "--set", f"output={tmp_path / 'full'}")
+    kill_after_first_checkpoint(monkeypatch)
+    with pytest.raises(Killed):
+        run("train", config, "--set", f"output={tmp_path / 'cut'}")
+    assert not (tmp_path / "cut" / "supernet" / "supernet.safetensors").exists()
+    monkeypatch.undo()
+    run("train", config, "--set", f"output={tmp_path / 'cut'}", "--resume")
+    full = load_file(tmp_path / "full" / "supernet" / "supernet.safetensors")
+    cut = load_file(tmp_path / "cut" / "supernet" / "supernet.safetensors")
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_search_and_retrain_resume_equal_uninterrupted(config, tmp_path, monkeypatch):
+    run("train", config)
+    run("search", config)
+    run("retrain", config)
+    out = tmp_path / "run"
+    best = (out / "search" / "best_subnet.yaml").read_text()
+    cands = (out / "search" / "candidates.jsonl").read_text()
+    results = json.loads((out / "retrain" / "results.json").read_text())
+    merged = load_file(out / "retrain" / "merged.safetensors")
+
+    import search.evolution
+
+    real_step = search.evolution.EvolutionSearch.step
+    calls = []
+
+    def step_then_die(self):
+        if len(calls) == 2:
+            raise Killed
+        calls.append(1)
+        return real_step(self)
+
+    for f in ("search", "retrain"):
+        import shutil
+        shutil.rmtree(out / f)
+    monkeypatch.setattr(search.evolution.EvolutionSearch, "step", step_then_die)
+    with pytest.raises(Killed):
+        run("search", config)
+    monkeypatch.undo()
+    run("search", config, "--resume")
+    assert (out / "search" / "best_subnet.yaml").read_text() == best
+    assert (out / "search" / "candidates.jsonl").read_text() == cands
+
+    kill_after_first_checkpoint(monkeypatch)
+    with pytest.raises(Killed):
+        run("retrain", config)
+    monkeypatch.undo()
+    run("retrain", config, "--resume")
+    again = json.loads((out / "retrain" / "results.json").read_text())
+    assert again["test_acc"] == results["test_acc"]
+    merged2 = load_file(out / "retrain" / "merged.safetensors")
+    assert all(torch.equal(merged[k], merged2[k]) for k in merged)
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_missing_inputs_fail_with_one_line_and_status_2(config, tmp_path):
+    for script, needle in (("search.py", "no trained supernet"), ("retrain.py", "no searched subnet")):
+        r = cli(ROOT / script, config)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().startswith("error: ") and needle in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = cli(ROOT / "train.py", config, "--set", "train.lrr=1")
+    assert r.returncode == 2 and "unknown key 'train.lrr'" in r.stderr
+    r = cli(ROOT / "train.py", config, "--set", f"data.root={tmp_path / 'nowhere'}")
+    assert r.returncode == 2 and "nowhere" in r.stderr
+
+
+def test_infeasible_budget_fails_at_once(config, tmp_path):
+    run("train", config, "--set", "train.epochs=1")
+    r = cli(ROOT / "search.py", config, "--set", "search.budget=[5,6]")
+    assert r.returncode == 2 and "infeasible" in r.stderr and "between 0M" in r.stderr
+    assert not (tmp_path / "run" / "search" / "best_subnet.yaml").exists()
