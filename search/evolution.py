@@ -65,7 +65,8 @@ class CandidateSpace:
         """A uniform random subnet, repaired into the budget by re-drawing single choices."""
         genes = [[rng.choice(s.choices[t]) for t in TENSORS] for s in self.slots]
         total = sum(s.cost(t, c) for s, g in zip(self.slots, genes) for t, c in zip(TENSORS, g))
-        for _ in range(self.max_tries):
+        # Each step moves one gene towards the window; a start far from it may need every gene moved.
+        for _ in range(self.max_tries + 4 * len(self.slots) * len(TENSORS)):
             if self.lo <= total <= self.hi:
                 return tuple(tuple(g) for g in genes)
             shrink = total > self.hi
