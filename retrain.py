@@ -49,15 +49,18 @@ def main(args):
     if stage.resume:
         trainer.restore()
     trainer.fit()
-    # Honest protocol: the test accuracy of the final epoch, evaluated once.
+    # Honest protocol: the test accuracy of the final epoch, evaluated once. Both evaluations run
+    # in float32 so that merged and unmerged agree (bf16 rounds the two forms differently).
     start = time.perf_counter()
-    test_acc = evaluate(model, test_batches(), device, cfg["train"]["amp"])
+    test_acc = evaluate(model, test_batches(), device, amp=False)
     eval_seconds = time.perf_counter() - start
+    if not stage.main:
+        return stage.close()
     save_adapters(model, stage.dir / "adapters.safetensors")
 
     merged = merge_glora(copy.deepcopy(model))
     start = time.perf_counter()
-    test_acc_merged = evaluate(merged, test_batches(), device, cfg["train"]["amp"])
+    test_acc_merged = evaluate(merged, test_batches(), device, amp=False)
     merged_eval_seconds = time.perf_counter() - start
     path = export_merged(merged, stage.dir / "merged.safetensors",
                          {"model": cfg["model"]["name"], "num_classes": train.num_classes})

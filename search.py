@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from glora import glora_layers, load_adapters, save_subnet
+from glora import distributed, glora_layers, load_adapters, save_subnet
 from glora.errors import UserError
 from glora.experiment import build_model, eval_tensors, load_data
 from glora.io import atomic_write, load_yaml, save_json, save_yaml
@@ -16,6 +16,8 @@ from search.score import MergedScorer
 
 def main(args):
     stage = Stage("search", args)
+    if distributed.world_size() > 1:
+        raise UserError("search.py runs in one process (it scores candidates one by one); start it with python, not torchrun")
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
     supernet_file = stage.root / "supernet" / "supernet.safetensors"
     if not supernet_file.is_file():

@@ -41,6 +41,8 @@ def main(args):
         trainer.restore()
     start = time.perf_counter()
     metrics = trainer.fit()
+    if not stage.main:
+        return stage.close()
     path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs})
     save_json(stage.dir / "summary.json", {
         "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from . import distributed
 from .config import load_config, save_config
 from .errors import UserError
 
@@ -46,11 +47,14 @@ class Stage:
         self.resume = args.resume
         self.root = Path(self.cfg["output"])
         self.dir = self.root / name
+        rank_device = distributed.init_from_env()
+        self.main = distributed.is_main()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._setup_logging()
-        self.device = resolve_device(self.cfg["device"])
-        save_config(self.cfg, self.dir / "config.yaml")
-        seed_everything(self.cfg["seed"])
+        self.device = rank_device or resolve_device(self.cfg["device"])
+        if self.main:
+            save_config(self.cfg, self.dir / "config.yaml")
+        seed_everything(self.cfg["seed"])  # the same on every rank: every rank draws the same subnets
         log.info("%s: output %s, device %s%s", name, self.dir, self.device, " (resuming)" if self.resume else "")
 
     def _setup_logging(self) -> None:
@@ -58,6 +62,9 @@ class Stage:
         log.handlers.clear()
         log.setLevel(logging.INFO)
         log.propagate = False
+        if not self.main:  # one rank speaks for all
+            log.addHandler(logging.NullHandler())
+            return
         for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(self.dir / "log.txt")):
             handler.setFormatter(fmt)
             log.addHandler(handler)
@@ -66,11 +73,19 @@ class Stage:
     def writer(self):
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.dir / "tb"))
+        return SummaryWriter(str(self.dir / "tb")) if self.main else _NoWriter()
 
     def close(self) -> None:
         if "writer" in self.__dict__:
             self.writer.close()
+        distributed.close()
+
+
+class _NoWriter:
+    """The TensorBoard writer of ranks other than 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,7 +10,10 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+
+from . import distributed
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .engine import train_step
@@ -32,6 +35,11 @@ class Trainer:
         self.stage, self.model, self.loader, self.section = stage, model, loader, section
         self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
         self.epochs = int(section["epochs"])
+        self.net = model  # what the loop calls: the model itself, or its DDP wrapper under torchrun
+        if distributed.world_size() > 1:
+            # Layers whose config leaves some storage unused in a step leave DDP gradients to find.
+            ids = [stage.device] if stage.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         # timm's factory: AdamW, with no weight decay on biases and other 1-D parameters.
         self.optimizer = create_optimizer_v2(model, "adamw", lr=section["lr"], weight_decay=section["weight_decay"])
         self.scheduler = CosineLRScheduler(
@@ -75,16 +83,18 @@ class Trainer:
     def fit(self) -> dict:
         writer, device = self.stage.writer, self.stage.device
         metrics: dict = {}
-        bar = tqdm(range(self.epoch, self.epochs), desc=self.stage.name, initial=self.epoch, total=self.epochs)
+        bar = tqdm(range(self.epoch, self.epochs), desc=self.stage.name, initial=self.epoch, total=self.epochs,
+                   disable=not self.stage.main)
         for epoch in bar:
             start = time.perf_counter()
             self.scheduler.step(epoch)
             self.model.train()
             total, batches = torch.zeros((), device=device), 0
             for x, y in self.loader:
-                total += train_step(self.model, x, y, self.optimizer, device, self.amp)
+                total += train_step(self.net, distributed.shard(x), distributed.shard(y), self.optimizer,
+                                    device, self.amp)
                 batches += 1
-            loss = total.item() / max(batches, 1)
+            loss = distributed.mean(total).item() / max(batches, 1)
             if not math.isfinite(loss):
                 raise UserError(f"training diverged (loss {loss}) at epoch {epoch}: lower {self.stage.name}.lr")
             self.train_seconds += time.perf_counter() - start
@@ -101,6 +111,8 @@ class Trainer:
                 log.info("epoch %d: loss %.4f, %s", self.epoch, loss,
                          ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
             if last or self.epoch % int(self.section["ckpt_every"]) == 0:
-                save_checkpoint(self.ckpt_dir, self.model, self.state())
+                if self.stage.main:
+                    save_checkpoint(self.ckpt_dir, self.model, self.state())
+                distributed.barrier()
         writer.flush()
         return metrics

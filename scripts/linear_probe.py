@@ -31,6 +31,8 @@ def main(args):
     if stage.resume:
         trainer.restore()
     trainer.fit()
+    if not stage.main:
+        return stage.close()
     acc = evaluate(model, split_batches(test_x, test_y, cfg["data"]["eval_batch_size"]), device, cfg["train"]["amp"])
     save_json(stage.dir / "results.json", {"task": cfg["data"]["task"], "test_acc": acc,
                                            "head_params": head_params(model), "epochs": trainer.epochs})

@@ -178,3 +178,17 @@ def test_infeasible_budget_fails_at_once(config, tmp_path):
     r = cli(ROOT / "search.py", config, "--set", "search.budget=[5,6]")
     assert r.returncode == 2 and "infeasible" in r.stderr and "between 0M" in r.stderr
     assert not (tmp_path / "run" / "search" / "best_subnet.yaml").exists()
+
+
+def test_torchrun_two_processes_equal_one(config, tmp_path):
+    """DDP over 2 CPU processes (gloo): same subnets on every rank, half a batch each, averaged grads."""
+    no_drop = ["--set", "model.kwargs.drop_path_rate=0.0", "--set", "train.epochs=2"]
+    r = cli("-m", "torch.distributed.run", "--nproc_per_node", "2", ROOT / "train.py", config, *no_drop,
+            "--set", f"output={tmp_path / 'ddp'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run("train", config, *no_drop, "--set", f"output={tmp_path / 'one'}")
+    ddp = load_file(tmp_path / "ddp" / "supernet" / "supernet.safetensors")
+    one = load_file(tmp_path / "one" / "supernet" / "supernet.safetensors")
+    assert ddp.keys() == one.keys()
+    for k in one:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-3, atol=1e-4)
