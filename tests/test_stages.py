@@ -192,3 +192,12 @@ def test_torchrun_two_processes_equal_one(config, tmp_path):
     assert ddp.keys() == one.keys()
     for k in one:
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-3, atol=1e-4)
+
+
+def test_demo_backbone_is_a_loadable_pretrained_file(config, tmp_path):
+    out = tmp_path / "backbone.safetensors"
+    r = cli(ROOT / "scripts" / "demo_backbone.py", config, out, "--epochs", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rotation pretraining epoch 1/1" in r.stdout and out.is_file()
+    run("train", config, "--set", f"model.pretrained={out}", "--set", "train.epochs=1")
+    assert (tmp_path / "run" / "supernet" / "supernet.safetensors").is_file()
