@@ -9,6 +9,7 @@ from torch import nn
 from data import load_split, normalize
 from data.vtab import SplitData
 
+from . import distributed
 from .errors import UserError
 from .inject import inject_glora, mark_trainable
 from .model import create_model
@@ -37,8 +38,14 @@ def load_data(cfg: dict, split: str) -> SplitData:
     d = cfg["data"]
     if not d["task"]:
         raise UserError("data.task is not set: use a task config (configs/vtab/<task>.yaml) or --set data.task=NAME")
-    return load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
+    # Under torchrun rank 0 builds the decode cache while the others wait, then they read it.
+    if not distributed.is_main():
+        distributed.barrier()
+    data = load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
                       interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"])
+    if distributed.is_main():
+        distributed.barrier()
+    return data
 
 
 def train_loader(cfg: dict, split: SplitData, device: torch.device):

@@ -136,26 +136,18 @@ class GLoRALinear(nn.Module):
         bias = self.merged_bias(cfg)
         a_kind, _ = parse_choice(cfg["A"])
         if a_kind == "lora":
-            # A low-rank A is the one term with no cheaper form than the dense out×in matrix;
-            # once it is built, B folds into it for free.
+            # A low-rank A is the one term with no cheaper form than the dense out×in matrix (its
+            # gradient needs the full weight gradient dyᵀx); once W' is built, B folds into it.
             return F.linear(x, self.merged_weight(cfg), bias)
-
-        if a_kind == "none":
-            y = F.linear(x, self.weight, bias)
-        else:
-            # W⊙A with A a vector or scalar scales the rows of W, i.e. the output channels.
-            scale = 1 + self.carve("A", cfg["A"]).reshape(-1).to(x.dtype)
-            y = F.linear(x, self.weight)
-            y = y * scale if bias is None else torch.addcmul(bias.to(y.dtype), y, scale.to(y.dtype))
-
         b_kind, b_rank = parse_choice(cfg["B"])
-        if b_kind == "lora":
-            y = y + F.linear(F.linear(x, self.Bu[:b_rank]), self.Bd[:, :b_rank])
-        elif b_kind != "none":
-            # A B that is constant along the input axis adds sum(x) times its per-output value.
-            shift = self.carve("B", cfg["B"]).reshape(-1)
-            y = torch.addcmul(y, x.sum(-1, keepdim=True), shift.to(y.dtype))
-        return y
+        if a_kind == "none" and b_kind == "none":
+            return F.linear(x, self.weight, bias)
+        # W⊙A with A a vector or scalar scales the output channels; a B constant along the input
+        # axis adds sum(x) times its per-output value; a low-rank B is the LoRA path.
+        scale = self.carve("A", cfg["A"])
+        shift = self.carve("B", cfg["B"]) if b_kind in ("vector", "scalar") else None
+        down, up = (self.Bd[:, :b_rank], self.Bu[:b_rank]) if b_kind == "lora" else (None, None)
+        return structured_linear(x, self.weight, bias, scale, shift, down, up)
 
     def forward_dense(self, x: Tensor) -> Tensor:
         """The slow reference: materialize W' and b' every call (the authors' release does this)."""
@@ -215,3 +207,100 @@ class GLoRALinear(nn.Module):
             linear.bias.copy_(bias)
         linear.requires_grad_(False)
         return linear
+
+
+def structured_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Optional[Tensor],
+                      shift: Optional[Tensor], down: Optional[Tensor], up: Optional[Tensor]) -> Tensor:
+    """y = (x Wᵀ)·(1 + a) + sum(x)·β + (x Buᵀ) Bdᵀ + b', for a frozen W (see _StructuredLinear).
+
+    `scale` (a) and `shift` (β) are an (out, 1) column or a 0-d scalar, `down`/`up` the (out, r)
+    and (r, in) halves of a low-rank B; any of them may be None. Under autocast, every operand is
+    cast to the autocast dtype first, as F.linear would be.
+    """
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+        cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+        with torch.autocast(kind, enabled=False):
+            return _StructuredLinear.apply(*map(cast, (x, weight, bias, scale, shift, down, up)))
+    return _StructuredLinear.apply(x, weight, bias, scale, shift, down, up)
+
+
+class _StructuredLinear(torch.autograd.Function):
+    """The GLoRA terms that need no dense W', as one autograd node with hand-fused BLAS calls.
+
+    Left to autograd, each term costs its own node, an extra pass over the (tokens × out)
+    activations and gradients, and skinny matmuls in slow memory layouts. Here, in the forward,
+    the per-output scale and shift fold into the (out × in) weight (cheaper than the activations
+    whenever tokens > in) and the LoRA path accumulates into the output in place; the backward is
+
+        da = Σₙ dy ⊙ (x Wᵀ)     dβ = dyᵀ sum(x)     dBd = dyᵀ t     dBu = (dy Bd)ᵀ x     db' = Σₙ dy
+        dx = dy (W·(1 + a) + β 1ᵀ) + (dy Bd) Bu                                        (t = x Buᵀ)
+
+    NOTE: da needs x Wᵀ on its own; when a trains, that product is kept and scaled instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, down, up):
+        out_f, in_f = weight.shape
+        x2 = x.reshape(-1, in_f)
+        need = ctx.needs_input_grad
+        xsum = x2.sum(1) if shift is not None else None
+        base = None
+        if scale is not None and need[3]:
+            base = x2 @ weight.t()
+            gain = 1 + scale.reshape(-1)
+            y = base * gain if bias is None else torch.addcmul(bias, base, gain)
+            if shift is not None:
+                y.addr_(xsum, shift.reshape(-1).expand(out_f))
+        else:
+            w = _scaled_shifted(weight, scale, shift)
+            y = x2 @ w.t() if bias is None else torch.addmm(bias, x2, w.t())
+        t = None
+        if down is not None:
+            t = x2 @ up.t()
+            y.addmm_(t, down.t())
+        ctx.save_for_backward(
+            x2 if down is not None and need[6] else None, weight, scale, shift, down, up, base, t,
+            xsum if shift is not None and need[4] else None,
+        )
+        ctx.has_bias, ctx.x_shape = bias is not None, x.shape
+        return y.view(*x.shape[:-1], out_f)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, scale, shift, down, up, base, t, xsum = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dy = dy.reshape(-1, weight.shape[0])
+        dx = dbias = dscale = dshift = ddown = dup = None
+        if ctx.has_bias and need[2]:
+            dbias = dy.sum(0)
+        if need[3]:
+            dscale = _per_output((dy * base).sum(0), scale)
+        if need[4]:
+            dshift = _per_output(xsum @ dy, shift)
+        dt = None
+        if down is not None and (need[0] or need[6]):
+            dt = dy @ down.t().contiguous().t()  # column-major Bd: the fast layout for this skinny matmul
+        if down is not None and need[5]:
+            ddown = (t.t() @ dy).t()  # = dyᵀ t, computed as tᵀ dy: the fast layout
+        if need[6]:
+            dup = dt.t() @ x2
+        if need[0]:
+            dx = dy @ _scaled_shifted(weight, scale, shift)
+            if dt is not None:
+                dx.addmm_(dt, up)
+            dx = dx.view(ctx.x_shape)
+        return dx, None, dbias, dscale, dshift, ddown, dup
+
+
+def _scaled_shifted(weight: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
+    """W·(1 + a) + β 1ᵀ, with a and β each an (out, 1) column, a 0-d scalar or None."""
+    if scale is None:
+        return weight if shift is None else weight + shift
+    return weight * (1 + scale) if shift is None else torch.addcmul(shift, weight, 1 + scale)
+
+
+def _per_output(grad: Tensor, like: Tensor) -> Tensor:
+    """A per-output-channel gradient (out,) in the shape of its (out, 1) or 0-d parameter."""
+    return grad.sum() if like.dim() == 0 else grad.view_as(like)

@@ -1,0 +1,26 @@
+"""VTAB-1k data for every stage: task registry, list files, one transform, decode-once cache, loaders.
+
+    load_split(root, task, split, *, num_classes=None, img_size=224, interpolation="bicubic",
+               cache=True, cache_dir=None, workers=None) -> SplitData   # .images uint8, .labels
+    task_num_classes(root, task, num_classes=None) -> int
+    SplitData.loader(batch_size, shuffle=False, drop_last=False, seed=0, mean=..., std=..., dtype=...)
+    BatchLoader(images, labels, *, batch_size, ...)   .to(device), state_dict(), load_state_dict()
+    VTABDataset(root, task, split, *, ..., normalize=False)   # uncached: PIL at every access
+    decode_image(path, img_size=224, interpolation="bicubic") -> uint8 (3, H, W)
+    normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32)
+    build_demo(root) -> Path    # the `digits` demo task
+Bad input raises glora.errors.UserError with a one-line message.
+"""
+
+from .demo import DEMO_TASK, build_demo
+from .lists import SPLITS, read_list, write_list
+from .loader import BatchLoader
+from .registry import GROUPS, TASKS, Task, get_task
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, decode_image, normalize
+from .vtab import SplitData, VTABDataset, load_split, read_split, task_num_classes
+
+__all__ = [
+    "BatchLoader", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SPLITS",
+    "SplitData", "TASKS", "Task", "VTABDataset", "build_demo", "decode_image", "get_task", "load_split",
+    "normalize", "read_list", "read_split", "task_num_classes", "write_list",
+]

@@ -1,0 +1,161 @@
+"""VTAB-1k splits for the stages: `load_split` (decoded, cached, labels checked), `task_num_classes`,
+and `VTABDataset`, the uncached PIL-every-time dataset."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from glora.errors import UserError
+
+from .cache import cached_images, decode_split
+from .lists import Entry, list_path, read_list, task_dir
+from .loader import BatchLoader
+from .registry import get_task
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, check_img_size, decode_image, normalize, resample_mode
+
+# The list whose labels define a task of the user's own when num_classes is not given.
+_DERIVE_FROM = ("train800val200", "train800")
+_FROM_REGISTRY = "from the VTAB-1k registry"
+
+
+@dataclass
+class SplitData:
+    """A decoded split: uint8 images (N, 3, H, W), int64 labels (N,) and what they are.
+
+    Images from the cache are memory-mapped from its file until first read (`.to(device)` reads
+    them all), so even the largest test splits load at once.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    task: str
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def loader(self, batch_size: int, **kwargs) -> BatchLoader:
+        """A BatchLoader over this split (kwargs: shuffle, drop_last, seed, mean, std, dtype)."""
+        return BatchLoader(self.images, self.labels, batch_size=batch_size, **kwargs)
+
+
+def resolve_num_classes(root, task: str, num_classes: int | None = None) -> tuple[int, str]:
+    """The class count of a task and a note saying where it comes from (registry, given, derived)."""
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}: "
+                        f"fix data.num_classes")
+    known = get_task(task)
+    if known is not None:
+        if num_classes is not None and num_classes != known.num_classes:
+            raise UserError(f"num_classes={num_classes} disagrees with the VTAB-1k registry, where "
+                            f"task {task} has {known.num_classes} classes: drop data.num_classes or "
+                            f"set it to {known.num_classes}")
+        return known.num_classes, _FROM_REGISTRY
+    if num_classes is not None:
+        return num_classes, "given"
+    folder = task_dir(root, task)
+    path = next((folder / f"{s}.txt" for s in _DERIVE_FROM if (folder / f"{s}.txt").is_file()), None)
+    if path is None:
+        list_path(root, task, _DERIVE_FROM[0])  # raises the missing-list error
+    entries = read_list(path)
+    derived = max(e.label for e in entries) + 1
+    note = f"derived as max label + 1 in {path.name}"
+    _check_labels(entries, derived, note)
+    return derived, note
+
+
+def _check_labels(entries: list[Entry], num_classes: int, note: str) -> None:
+    for e in entries:
+        if not 0 <= e.label < num_classes:
+            fix = "fix the label" if note == _FROM_REGISTRY else "fix the label or set data.num_classes"
+            raise UserError(f"{e.where}: label {e.label} is outside [0, {num_classes}) "
+                            f"({num_classes} classes, {note}): {fix}")
+
+
+def task_num_classes(root, task: str, num_classes: int | None = None) -> int:
+    """The class count of `task`: the registry's for VTAB-1k tasks (a different `num_classes` is
+    an error); for a task of the user's own, `num_classes` or else max label + 1 of its
+    train800val200.txt (or train800.txt)."""
+    return resolve_num_classes(root, task, num_classes)[0]
+
+
+def read_split(root, task: str, split: str, num_classes: int | None = None) -> tuple[list[Entry], int]:
+    """The entries of a split, every label checked against the task's class count, and that count."""
+    path = list_path(root, task, split)
+    k, note = resolve_num_classes(root, task, num_classes)
+    entries = read_list(path)
+    _check_labels(entries, k, note)
+    return entries, k
+
+
+def load_split(
+        root,
+        task: str,
+        split: str,
+        *,
+        num_classes: int | None = None,
+        img_size: int = 224,
+        interpolation: str = "bicubic",
+        cache: bool = True,
+        cache_dir=None,
+        workers: int | None = None,
+) -> SplitData:
+    """Load a split of `<root>/<task>` decoded and resized to uint8, through the decode-once cache.
+
+    `cache_dir` defaults to `<root>/<task>/.cache/`; `cache=False` decodes without reading or
+    writing it. Under torchrun, let one rank build the cache first (then barrier), or every rank
+    decodes the split.
+    """
+    check_img_size(img_size)
+    resample_mode(interpolation)
+    entries, k = read_split(root, task, split, num_classes)
+    labels = torch.tensor([e.label for e in entries], dtype=torch.int64)
+    desc = f"decode {task}/{split}"
+    if cache:
+        cache_dir = Path(cache_dir) if cache_dir is not None else task_dir(root, task) / ".cache"
+        images = cached_images(entries, labels, cache_dir, split=split, img_size=img_size,
+                               interpolation=interpolation, workers=workers, desc=desc)
+    else:
+        images = decode_split(entries, img_size, interpolation, workers, desc)
+    return SplitData(images, labels, k, task, split)
+
+
+class VTABDataset(Dataset):
+    """A split decoded with PIL at every access: the uncached baseline, and the reference that
+    proves the cache exact. Items are (uint8 image, label), or (float32 image, label) when
+    `normalize` is set."""
+
+    def __init__(
+            self,
+            root,
+            task: str,
+            split: str,
+            *,
+            num_classes: int | None = None,
+            img_size: int = 224,
+            interpolation: str = "bicubic",
+            normalize: bool = False,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+    ):
+        self.img_size = check_img_size(img_size)
+        resample_mode(interpolation)
+        self.interpolation = interpolation
+        self.entries, self.num_classes = read_split(root, task, split, num_classes)
+        self.normalize = normalize
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        e = self.entries[i]
+        try:
+            image = decode_image(e.path, self.img_size, self.interpolation)
+        except UserError as exc:
+            raise UserError(f"{e.where}: {exc}") from None
+        return (normalize(image, self.mean, self.std) if self.normalize else image), e.label
