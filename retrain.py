@@ -46,8 +46,7 @@ def main(args):
         return split_batches(test_x, test_y, cfg["data"]["eval_batch_size"])
 
     trainer = Trainer(stage, model, train_loader(cfg, train, device), r, amp=cfg["train"]["amp"])
-    if stage.resume:
-        trainer.restore()
+    trainer.start()
     trainer.fit()
     # Honest protocol: the test accuracy of the final epoch, evaluated once. Both evaluations run
     # in float32 so that merged and unmerged agree (bf16 rounds the two forms differently).

@@ -46,6 +46,7 @@ def main(args):
         log.info("resumed after generation %d (%d candidates scored)", evo.generation, len(evo.records))
     elif stage.resume:
         log.info("no checkpoint in %s: starting from generation 0", ckpt)
+    stage.begin()
 
     bar = tqdm(range(evo.generation, s["generations"]), desc="search", initial=evo.generation, total=s["generations"])
     for _ in bar:

@@ -37,8 +37,7 @@ def main(args):
 
     trainer = Trainer(stage, model, train_loader(cfg, train, device), cfg["train"], validate,
                       cfg["train"]["eval_every"], sampler, cfg["train"]["amp"])
-    if stage.resume:
-        trainer.restore()
+    trainer.start()
     start = time.perf_counter()
     metrics = trainer.fit()
     if not stage.main:

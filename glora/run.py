@@ -52,10 +52,13 @@ class Stage:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._setup_logging()
         self.device = rank_device or resolve_device(self.cfg["device"])
-        if self.main:
-            save_config(self.cfg, self.dir / "config.yaml")
         seed_everything(self.cfg["seed"])  # the same on every rank: every rank draws the same subnets
         log.info("%s: output %s, device %s%s", name, self.dir, self.device, " (resuming)" if self.resume else "")
+
+    def begin(self) -> None:
+        """Inputs are checked: record the resolved config beside the outputs (bad input never gets here)."""
+        if self.main:
+            save_config(self.cfg, self.dir / "config.yaml")
 
     def _setup_logging(self) -> None:
         fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")

@@ -63,6 +63,15 @@ class Trainer:
             state["sampler"] = self.sampler.getstate()
         return state
 
+    def start(self) -> None:
+        """With --resume continue from the last checkpoint; otherwise start afresh (and say so)."""
+        if self.stage.resume:
+            self.restore()
+        elif find_checkpoint(self.ckpt_dir) is not None:
+            log.info("starting afresh: the checkpoint in %s will be replaced (use --resume to continue it)",
+                     self.ckpt_dir)
+        self.stage.begin()
+
     def restore(self) -> bool:
         """Continue from the last checkpoint, if there is one; returns whether it did."""
         folder = find_checkpoint(self.ckpt_dir)

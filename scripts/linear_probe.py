@@ -28,8 +28,7 @@ def main(args):
     mark_trainable(model)
     model.to(device)
     trainer = Trainer(stage, model, train_loader(cfg, train, device), cfg["retrain"], amp=cfg["train"]["amp"])
-    if stage.resume:
-        trainer.restore()
+    trainer.start()
     trainer.fit()
     if not stage.main:
         return stage.close()

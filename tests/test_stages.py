@@ -178,6 +178,7 @@ def test_infeasible_budget_fails_at_once(config, tmp_path):
     r = cli(ROOT / "search.py", config, "--set", "search.budget=[5,6]")
     assert r.returncode == 2 and "infeasible" in r.stderr and "between 0M" in r.stderr
     assert not (tmp_path / "run" / "search" / "best_subnet.yaml").exists()
+    assert not (tmp_path / "run" / "search" / "config.yaml").exists()  # bad input records nothing
 
 
 def test_torchrun_two_processes_equal_one(config, tmp_path):
