@@ -123,5 +123,7 @@ class Trainer:
                 if self.stage.main:
                     save_checkpoint(self.ckpt_dir, self.model, self.state())
                 distributed.barrier()
+        if not metrics and self.validate is not None:  # resumed after the last epoch: report anyway
+            metrics = self.validate()
         writer.flush()
         return metrics
