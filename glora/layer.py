@@ -135,9 +135,10 @@ class GLoRALinear(nn.Module):
         self.sampled = cfg
         bias = self.merged_bias(cfg)
         a_kind, _ = parse_choice(cfg["A"])
-        if a_kind == "lora":
+        if a_kind == "lora" or self.weight.requires_grad:
             # A low-rank A is the one term with no cheaper form than the dense out×in matrix (its
             # gradient needs the full weight gradient dyᵀx); once W' is built, B folds into it.
+            # (An unfrozen W also takes this path: the fused backward below assumes W is frozen.)
             return F.linear(x, self.merged_weight(cfg), bias)
         b_kind, b_rank = parse_choice(cfg["B"])
         if a_kind == "none" and b_kind == "none":

@@ -159,3 +159,84 @@ def test_compact_twice_keeps_the_parameters_an_optimizer_holds():
     before = [id(p) for p in layer.parameters()]
     layer.compact()
     assert [id(p) for p in layer.parameters()] == before
+
+
+# The hand-written backward of the fast path against autograd through the dense reference:
+# every config, every adapter gradient and the input gradient, in float64.
+
+def _layer(ranks, bias, seed=0):
+    return make_layer(ranks, bias, seed=seed)
+
+
+def _configs(layer):
+    return list(all_configs(layer.space, layer.has_bias))
+
+
+def _grads(layer, fwd, x, g):
+    layer.zero_grad()
+    x.grad = None
+    y = fwd(x)
+    y.backward(g)
+    params = {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+              for k, p in layer.adapter_parameters().items()}
+    return y.detach(), x.grad.clone(), params
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("ranks", [(4,), (2, 4)])
+def test_fast_forward_and_every_gradient_match_the_dense_reference(bias, ranks):
+    layer = _layer(ranks, bias)
+    x = torch.randn(3, 5, 9, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 5, 6, dtype=torch.float64)
+    for cfg in _configs(layer):
+        layer.set_config(cfg)
+        fast, dense = _grads(layer, layer.forward, x, g), _grads(layer, layer.forward_dense, x, g)
+        torch.testing.assert_close(fast[0], dense[0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(fast[1], dense[1], rtol=1e-10, atol=1e-10, msg=lambda m: f"dx {cfg}: {m}")
+        for k in fast[2]:
+            torch.testing.assert_close(fast[2][k], dense[2][k], rtol=1e-10, atol=1e-10,
+                                       msg=lambda m: f"d{k} {cfg}: {m}")
+
+
+def test_fast_path_without_grad_with_retained_graph_and_1d_input():
+    layer = _layer((4,), True)
+    x = torch.randn(7, 9, dtype=torch.float64)
+    for cfg in _configs(layer)[::11]:
+        layer.set_config(cfg)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), layer.forward_dense(x), rtol=0, atol=1e-10)
+        torch.testing.assert_close(layer(x[0]), layer.forward_dense(x[0]), rtol=0, atol=1e-10)
+        layer.zero_grad()
+        y = layer(x).sum()
+        y.backward(retain_graph=True)
+        once = {k: p.grad.clone() for k, p in layer.adapter_parameters().items() if p.grad is not None}
+        y.backward()
+        for k, v in once.items():
+            torch.testing.assert_close(layer.adapter_parameters()[k].grad, 2 * v)
+
+
+def test_fast_path_under_autocast_matches_dense_dtypes():
+    layer = _layer((4,), True).float()
+    for cfg in _configs(layer)[::13]:
+        layer.set_config(cfg)
+        x = torch.randn(7, 9, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast, dense = layer(x), layer.forward_dense(x)
+        assert fast.dtype == dense.dtype
+        torch.testing.assert_close(fast.float(), dense.float(), rtol=0.05, atol=0.1)
+        layer.zero_grad()
+        fast.float().sum().backward()
+        assert x.grad.dtype == torch.float32
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in layer.parameters())
+
+
+def test_an_unfrozen_weight_still_gets_its_gradient():
+    layer = make_layer((4,))
+    layer.weight.requires_grad_(True)
+    x = torch.randn(4, layer.in_features, dtype=torch.float64)
+    layer.set_config({"A": "vector", "B": "lora_4", "C": "none", "D": "none", "E": "none"})
+    layer(x).sum().backward()
+    g = layer.weight.grad.clone()
+    layer.weight.grad = None
+    layer.forward_dense(x).sum().backward()
+    torch.testing.assert_close(g, layer.weight.grad)

@@ -1,0 +1,117 @@
+"""The benchmark suite on a tiny ViT, one repetition: every section runs and its rows keep the
+JSON schema. Timings are not asserted (tests keep the fast paths correct, not fast)."""
+import json
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+import bench.__main__ as cli
+from bench import steps as steps_mod
+from bench import variants as V
+from bench.inference import bench_inference
+from bench.search import bench_search
+from bench.settings import make_settings
+from bench.steps import bench_steps
+from conftest import TINY
+
+REQUIRED = {"name": str, "ours_s": float, "baseline": str, "baseline_s": float, "ratio": float}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    threads = torch.get_num_threads()
+
+    def settings(device="cpu", quick=True, threads=1, reps=1):
+        s = make_settings("cpu", quick, 1, 1)
+        s.model, s.kwargs, s.img_size = "vit_tiny_patch16_224", dict(TINY), TINY["img_size"]
+        s.val_images, s.batch_size, s.warmup = 6, 2, 0
+        return s
+
+    monkeypatch.setattr(cli, "make_settings", settings)
+    yield settings()
+    torch.set_num_threads(threads)
+
+
+def check_rows(rows):
+    assert rows
+    for r in rows:
+        for key, kind in REQUIRED.items():
+            assert isinstance(r[key], kind), (key, r)
+        assert r["ours_s"] > 0 and r["baseline_s"] > 0
+        assert r["ratio"] == pytest.approx(r["ours_s"] / r["baseline_s"])
+        assert (r["target"] is None) == (r["met"] is None)
+        json.dumps(r)
+
+
+def test_steps_rows_cover_every_baseline(tiny):
+    rows = bench_steps(tiny)
+    check_rows(rows)
+    pairs = {(r["section"], r["baseline"]) for r in rows}
+    for base in ("bias-only", "full fine-tuning", "dense reference supernet", "peft LoRA r4", "peft GLoRA"):
+        assert ("supernet step", base) in pairs
+    assert ("fixed-config step", "peft GLoRA") in pairs
+    assert {("retrain step", b) for b in ("bias-only", "full fine-tuning", "dense reference retrain")} <= pairs
+    floor = next(r for r in rows if r["section"] == "supernet step" and r["baseline"] == "bias-only")
+    assert floor["target"] == "ratio <= 1.25" and floor["ours_mb"] > 0 and floor["baseline_mb"] > 0
+
+
+def test_search_and_inference_rows(tiny):
+    tiny.quick = False  # the full mode also scores through the structured (unmerged) forward
+    rows = bench_search(tiny) + bench_inference(tiny)
+    check_rows(rows)
+    assert [r["baseline"] for r in rows] == ["supernet forward, dense reference", "supernet forward, structured (ours)",
+                                             "plain timm model", "unmerged GLoRA model (fixed subnet)"]
+    assert rows[0]["target"].startswith("ratio <= 0.5") and rows[0]["weight_build_s"] > 0
+
+
+def test_retrain_model_is_compacted_near_the_scaled_budget(tiny):
+    v = V.fixed(tiny)
+    layers = V.glora_layers(v.model)
+    assert all(l.compacted for l in layers.values())
+    budget = V.retrain_budget(tiny, v.model)
+    n = sum(p.numel() for l in layers.values() for p in l.adapter_parameters().values())
+    assert abs(n - budget) <= 0.05 * budget + 1
+
+
+def test_peft_targets_only_the_block_linears(tiny):
+    pytest.importorskip("peft")
+    model = V.peft_lora(tiny).model
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert len(adapted) == 4 * TINY["depth"] and not any("patch_embed" in n for n in adapted)
+
+
+def test_missing_peft_is_a_skipped_row(tiny, monkeypatch):
+    def no_peft(*args, **kwargs):
+        raise ImportError("No module named 'peft'", name="peft")
+
+    monkeypatch.setattr(V, "peft_lora", no_peft)
+    monkeypatch.setattr(V, "peft_glora", no_peft)
+    real = steps_mod.builders
+    monkeypatch.setattr(steps_mod, "builders", lambda s: {k: f for k, f in real(s).items()
+                                                          if k in ("supernet", "peft LoRA r4", "peft GLoRA")})
+    rows = bench_steps(tiny)
+    assert [r["note"] for r in rows] == ["skipped: peft is not installed"] * 2
+
+
+def test_cli_writes_the_json_list(tiny, tmp_path, monkeypatch, capsys):
+    fake = types.ModuleType("bench.data")
+    fake.bench_data = lambda quick=True: [dict(name="epoch (cache in memory)", ours_s=0.1, baseline="PIL",
+                                               baseline_s=1.0, ratio=0.1)]
+    monkeypatch.setitem(sys.modules, "bench.data", fake)
+    out = tmp_path / "bench.json"
+    assert cli.main(["--quick", "--only", "search,inference,data", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["section"] for r in rows] == ["search", "inference", "inference", "data"]
+    for r in rows:
+        assert set(REQUIRED) <= set(r) and r["env"]["device"] == "cpu" and r["env"]["quick"] is True
+    assert all(math.isfinite(r["ratio"]) for r in rows)
+    printed = capsys.readouterr().out
+    assert "== search ==" in printed and "targets met:" in printed
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(SystemExit):
+        cli.main(["--only", "steps,nope"])
