@@ -1,27 +1,30 @@
-"""GLoRA (Generalized LoRA) for timm Vision Transformers: the layer, the space, injection and merging."""
-from .errors import UserError
-from .inject import (
-    compact_subnet,
-    current_subnet,
-    glora_layers,
-    head_params,
-    inject_glora,
-    mark_trainable,
-    param_bounds,
-    sample_subnet,
-    set_sampler,
-    set_subnet,
-    subnet_params,
-)
-from .layer import STORAGE, GLoRALinear
-from .merge import export_merged, load_adapters, merge_glora, save_adapters
-from .model import create_model
-from .space import TENSORS, SearchSpace
-from .subnet import load_subnet, save_subnet
+"""GLoRA (Generalized LoRA) for timm Vision Transformers: the layer, the space, injection and merging.
 
-__all__ = [
-    "SearchSpace", "GLoRALinear", "inject_glora", "set_subnet", "subnet_params", "merge_glora",
-    "STORAGE", "TENSORS", "UserError", "compact_subnet", "current_subnet", "glora_layers",
-    "head_params", "mark_trainable", "param_bounds", "sample_subnet", "set_sampler",
-    "export_merged", "load_adapters", "save_adapters", "create_model", "load_subnet", "save_subnet",
-]
+Names are imported on first use, so that `glora.errors` or `glora.space` load without torch/timm.
+"""
+import importlib
+
+_EXPORTS = {
+    "UserError": "errors",
+    "SearchSpace": "space", "TENSORS": "space",
+    "GLoRALinear": "layer", "STORAGE": "layer",
+    "inject_glora": "inject", "set_subnet": "inject", "subnet_params": "inject", "compact_subnet": "inject",
+    "current_subnet": "inject", "glora_layers": "inject", "head_params": "inject", "mark_trainable": "inject",
+    "param_bounds": "inject", "sample_subnet": "inject", "set_sampler": "inject",
+    "merge_glora": "merge", "export_merged": "merge", "load_adapters": "merge", "save_adapters": "merge",
+    "create_model": "model",
+    "load_subnet": "subnet", "save_subnet": "subnet",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'glora' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
