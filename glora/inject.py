@@ -124,7 +124,8 @@ def subnet_params(model: nn.Module, subnet: Mapping[str, LayerConfig]) -> int:
     unknown = sorted(set(subnet) - set(layers))
     if missing or unknown:
         raise ValueError(f"subnet does not fit the model: unknown {unknown[:4]}, missing {missing[:4]}")
-    return sum(l.space.count(subnet[n], l.in_features, l.out_features) for n, l in layers.items())
+    return sum(l.space.count(l.space.validate(subnet[n], l.has_bias, where=n), l.in_features, l.out_features)
+               for n, l in layers.items())
 
 
 def param_bounds(model: nn.Module) -> tuple[int, int]:

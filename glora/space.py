@@ -70,7 +70,10 @@ class SearchSpace:
         return {t: rng.choice(c) for t, c in self.layer_choices(has_bias).items()}
 
     def validate(self, cfg: Mapping[str, str], has_bias: bool = True, where: str = "layer") -> LayerConfig:
-        """Return `cfg` as a plain dict in tensor order, or raise ValueError naming the valid choices."""
+        """Return `cfg` as a plain dict in tensor order, or raise ValueError naming the valid choices.
+
+        D scales the bias: on a layer without bias it computes nothing, so it comes back "none".
+        """
         if not isinstance(cfg, Mapping):
             raise ValueError(f"{where}: a layer config maps A..E to choices, got {cfg!r}")
         unknown = set(cfg) - set(TENSORS)
@@ -80,11 +83,13 @@ class SearchSpace:
                 f"{where}: a layer config needs exactly the tensors {list(TENSORS)}; "
                 f"unknown {sorted(unknown)}, missing {sorted(missing)}"
             )
-        choices = self.layer_choices(has_bias)
         for t in TENSORS:
-            if cfg[t] not in choices[t]:
-                raise ValueError(f"{where}: {t}={cfg[t]!r} is not a valid choice; valid: {choices[t]}")
-        return {t: str(cfg[t]) for t in TENSORS}
+            if cfg[t] not in self.choices[t]:
+                raise ValueError(f"{where}: {t}={cfg[t]!r} is not a valid choice; valid: {self.choices[t]}")
+        out = {t: str(cfg[t]) for t in TENSORS}
+        if not has_bias:
+            out["D"] = "none"
+        return out
 
     def count(self, cfg: Mapping[str, str], in_features: int, out_features: int) -> int:
         """Trainable parameters of a layer config (the budget's unit)."""

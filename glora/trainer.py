@@ -25,7 +25,7 @@ class Trainer:
     """Trains `model`'s trainable parameters on `loader` as the stage's config section says.
 
     `section` holds epochs, lr, weight_decay, warmup_epochs, warmup_lr, min_lr, ckpt_every;
-    `validate(epoch)` returns scalars to log every `eval_every` epochs and at the end;
+    `validate()` returns scalars to log every `eval_every` epochs and at the end;
     `sampler` is the generator the supernet draws its subnets from (saved for exact resume).
     """
 

@@ -240,3 +240,16 @@ def test_an_unfrozen_weight_still_gets_its_gradient():
     layer.weight.grad = None
     layer.forward_dense(x).sum().backward()
     torch.testing.assert_close(g, layer.weight.grad)
+
+
+def test_D_on_a_layer_without_bias_computes_nothing():
+    layer = make_layer((4,), bias=False)
+    x = torch.randn(3, layer.in_features, dtype=torch.float64)
+    P = {k: v.detach() for k, v in layer.adapter_parameters().items()}
+    for d in ("vector", "scalar", "none"):
+        cfg = {"A": "vector", "B": "lora_4", "C": "vector", "D": d, "E": "scalar"}
+        layer.set_config(cfg)
+        assert layer.config["D"] == "none"
+        W2, b2 = paper_equation(layer.weight.detach(), None, P, cfg)
+        torch.testing.assert_close(layer(x), x @ W2.T + b2, rtol=0, atol=1e-10)
+        assert layer.adapter_params() == layer.space.count({**cfg, "D": "none"}, 9, 6)
