@@ -84,6 +84,15 @@ def set_sampler(model: nn.Module, rng: random.Random) -> None:
         layer.rng = rng
 
 
+def check_names(layers: Mapping, subnet: Mapping) -> None:
+    """A subnet names every adapted layer and nothing else."""
+    unknown = sorted(set(subnet) - set(layers))
+    missing = sorted(set(layers) - set(subnet))
+    if unknown or missing:
+        more = lambda names: f"{names[:4]}{'...' if len(names) > 4 else ''}"  # noqa: E731
+        raise ValueError(f"subnet does not fit the model: unknown layers {more(unknown)}, missing layers {more(missing)}")
+
+
 def set_subnet(model: nn.Module, subnet: Optional[Mapping[str, LayerConfig]]) -> None:
     """Fix every adapted layer's config (all must be named), or with None return them to sampling."""
     layers = glora_layers(model)
@@ -91,13 +100,7 @@ def set_subnet(model: nn.Module, subnet: Optional[Mapping[str, LayerConfig]]) ->
         for layer in layers.values():
             layer.set_config(None)
         return
-    unknown = sorted(set(subnet) - set(layers))
-    missing = sorted(set(layers) - set(subnet))
-    if unknown or missing:
-        raise ValueError(
-            f"subnet does not fit the model: unknown layers {unknown[:4]}{'...' if len(unknown) > 4 else ''}, "
-            f"missing layers {missing[:4]}{'...' if len(missing) > 4 else ''}"
-        )
+    check_names(layers, subnet)
     for name, layer in layers.items():
         layer.set_config(subnet[name], where=name)
 
@@ -120,10 +123,7 @@ def current_subnet(model: nn.Module) -> Subnet:
 def subnet_params(model: nn.Module, subnet: Mapping[str, LayerConfig]) -> int:
     """Adapter parameters of a subnet by the closed-form count (DESIGN.md §2)."""
     layers = glora_layers(model)
-    missing = sorted(set(layers) - set(subnet))
-    unknown = sorted(set(subnet) - set(layers))
-    if missing or unknown:
-        raise ValueError(f"subnet does not fit the model: unknown {unknown[:4]}, missing {missing[:4]}")
+    check_names(layers, subnet)
     return sum(l.space.count(l.space.validate(subnet[n], l.has_bias, where=n), l.in_features, l.out_features)
                for n, l in layers.items())
 

@@ -8,7 +8,7 @@ from typing import Optional
 from torch import nn
 
 from .errors import UserError
-from .inject import current_subnet, glora_layers, head_names, set_subnet
+from .inject import compact_subnet, current_subnet, glora_layers, head_names, set_subnet
 from .io import load_tensors, save_tensors, tensors_metadata
 
 ADAPTER_FORMAT = "glora-adapters/1"
@@ -77,8 +77,6 @@ def load_adapters(model: nn.Module, path, strict_head: bool = True) -> dict:
     Refuses a file made for another model (layer names/shapes), another space (ranks) or
     another head. A file holding a compacted subnet fixes and compacts the model's layers first.
     """
-    from .inject import compact_subnet
-
     meta = read_adapter_metadata(path)
     layers = glora_layers(model)
     space = next(iter(layers.values())).space

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .errors import UserError
-from .inject import Subnet, glora_layers
+from .inject import Subnet, check_names, glora_layers
 from .io import load_yaml, save_yaml
 
 
@@ -24,13 +24,10 @@ def load_subnet(path, model: Optional[nn.Module] = None) -> tuple[Subnet, dict]:
     subnet = data.pop("layers")
     if model is not None:
         layers = glora_layers(model)
-        unknown = sorted(set(subnet) - set(layers))
-        missing = sorted(set(layers) - set(subnet))
-        if unknown or missing:
-            raise UserError(
-                f"{path}: subnet does not fit this model (unknown layers {unknown[:3]}, missing {missing[:3]}); "
-                "it was searched for another model or glora.targets"
-            )
+        try:
+            check_names(layers, subnet)
+        except ValueError as e:
+            raise UserError(f"{path}: {e}; it was searched for another model or glora.targets") from None
         for name, layer in layers.items():
             try:
                 layer.space.validate(subnet[name], layer.has_bias, where=name)

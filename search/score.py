@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from glora.engine import evaluate, split_batches
-from glora.inject import Subnet, glora_layers
+from glora.inject import Subnet, glora_layers, set_subnet
 
 
 class MergedScorer:
@@ -59,8 +59,6 @@ class SupernetScorer:
         self.batch_size, self.amp, self.dense = batch_size, amp, dense
 
     def __call__(self, subnet: Subnet) -> float:
-        from glora.inject import set_subnet
-
         set_subnet(self.supernet, subnet)
         layers = glora_layers(self.supernet).values()
         if self.dense:  # the authors' way: materialize W' for every layer in every forward
