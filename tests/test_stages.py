@@ -202,3 +202,26 @@ def test_demo_backbone_is_a_loadable_pretrained_file(config, tmp_path):
     assert "rotation pretraining epoch 1/1" in r.stdout and out.is_file()
     run("train", config, "--set", f"model.pretrained={out}", "--set", "train.epochs=1")
     assert (tmp_path / "run" / "supernet" / "supernet.safetensors").is_file()
+
+
+def test_import_a_supernet_state_dict_from_elsewhere(config, tmp_path):
+    """A release-style checkpoint (whole model state dict, DDP prefix) becomes our supernet file."""
+    run("train", config, "--set", "train.epochs=1")
+    supernet = load_file(tmp_path / "run" / "supernet" / "supernet.safetensors")
+    from glora.experiment import build_model
+    from glora.config import load_config
+    cfg = load_config(str(config))
+    model = build_model(cfg, 10)
+    state = {**model.state_dict(), **supernet}
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "release.pth")
+    out = tmp_path / "imported"
+    r = cli(ROOT / "scripts" / "import_supernet.py", config, tmp_path / "release.pth", "--set", f"output={out}")
+    assert r.returncode == 0, r.stderr
+    imported = load_file(out / "supernet" / "supernet.safetensors")
+    assert imported.keys() == supernet.keys() and all(torch.equal(imported[k], supernet[k]) for k in supernet)
+    run("search", config, "--set", f"output={out}")  # the search takes it as its own
+    assert (out / "search" / "best_subnet.yaml").is_file()
+    r = cli(ROOT / "scripts" / "import_supernet.py", config, tmp_path / "release.pth", "--set", "glora.ranks=[8]",
+            "--set", f"output={tmp_path / 'other'}")
+    assert r.returncode == 2 and "check glora.ranks" in r.stderr
+    assert not (tmp_path / "other" / "supernet").exists()

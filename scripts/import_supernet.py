@@ -1,0 +1,62 @@
+"""Import a supernet trained elsewhere (e.g. by the authors' release) as this project's supernet file.
+
+The release's GLoRA layers keep the same storage names and shapes (Ad Au Bd Bu Cd Cu D E per
+adapted layer), so its state dict carries over: this picks the adapter and head tensors out of
+a `.pth`/`.safetensors` state dict, checks them against the model the config builds, and writes
+`<output>/supernet/supernet.safetensors`, ready for `search.py` and `retrain.py`.
+Usage: python scripts/import_supernet.py CONFIG CHECKPOINT [--set key=value ...]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import timm  # noqa: E402
+
+from glora import UserError, save_adapters  # noqa: E402
+from glora.config import load_config  # noqa: E402
+from glora.experiment import build_model  # noqa: E402
+from glora.merge import adapter_state  # noqa: E402
+from data import task_num_classes  # noqa: E402
+
+
+def import_supernet(cfg: dict, checkpoint: str) -> Path:
+    num_classes = task_num_classes(cfg["data"]["root"], cfg["data"]["task"], cfg["data"]["num_classes"])
+    model = build_model(cfg, num_classes)
+    try:
+        state = timm.models.load_state_dict(checkpoint, weights_only=True)
+    except Exception as e:  # safetensors and pickle raise many types for a foreign file
+        raise UserError(f"{checkpoint}: cannot read a state dict ({type(e).__name__}: {e})") from None
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
+    wanted = adapter_state(model)
+    missing = [k for k in wanted if k not in state]
+    wrong = [k for k in wanted if k in state and state[k].shape != wanted[k].shape]
+    if missing or wrong:
+        k = (wrong or missing)[0]
+        got = tuple(state[k].shape) if k in state else "missing"
+        raise UserError(f"{checkpoint}: {k} is {got}, this config's model needs {tuple(wanted[k].shape)} "
+                        f"({len(missing)} missing, {len(wrong)} of another shape); check glora.ranks, "
+                        "glora.targets, model.name and data.num_classes")
+    model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+    return save_adapters(model, Path(cfg["output"]) / "supernet" / "supernet.safetensors",
+                         extra={"imported_from": str(checkpoint)})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args()
+    try:
+        path = import_supernet(load_config(args.config, args.overrides), args.checkpoint)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"supernet written to {path}; next: python search.py {args.config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
