@@ -5,12 +5,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from glora import distributed, glora_layers, load_adapters, save_subnet
+from glora import distributed, load_adapters, save_subnet
 from glora.errors import UserError
 from glora.experiment import build_model, eval_tensors, load_data
 from glora.io import atomic_write, load_yaml, save_json, save_yaml
 from glora.run import Stage, cli, log
-from search.evolution import CandidateSpace, EvolutionSearch, LayerSlot
+from search.evolution import CandidateSpace, EvolutionSearch
 from search.score import MergedScorer
 
 
@@ -27,10 +27,7 @@ def main(args):
     load_adapters(model, supernet_file)
     model.eval()
 
-    slots = {n: LayerSlot(l.space.layer_choices(l.has_bias), l.in_features, l.out_features)
-             for n, l in glora_layers(model).items()}
-    lo, hi = s["budget"]
-    space = CandidateSpace(slots, (round(lo * 1e6), round(hi * 1e6)), s["max_tries"])
+    space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
     images, labels = eval_tensors(cfg, val, device)
     scorer = MergedScorer(model, images, labels, cfg["data"]["eval_batch_size"], cfg["train"]["amp"])
     evo = EvolutionSearch(space, scorer, generations=s["generations"], population=s["population"],

@@ -12,7 +12,7 @@ import random
 import torch
 
 from glora import glora_layers
-from search.evolution import CandidateSpace, LayerSlot
+from search.evolution import CandidateSpace
 from search.score import MergedScorer, SupernetScorer
 
 from . import variants as V
@@ -23,10 +23,7 @@ from .timing import interleaved, median
 
 def candidates(s: Settings, model, count: int) -> list[dict]:
     """In-budget random candidates, drawn as the search's first generation draws them."""
-    slots = {n: LayerSlot(l.space.layer_choices(l.has_bias), l.in_features, l.out_features)
-             for n, l in glora_layers(model).items()}
-    lo, hi = s.defaults["search"]["budget"]
-    space = CandidateSpace(slots, (round(lo * 1e6), round(hi * 1e6)))
+    space = CandidateSpace.from_model(model, s.defaults["search"]["budget"])
     rng = random.Random(s.seed)
     return [space.subnet(space.sample(rng)) for _ in range(count)]
 

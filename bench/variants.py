@@ -110,11 +110,9 @@ def retrain_budget(s: Settings, model: nn.Module) -> int:
 
 def budget_subnet(s: Settings, model: nn.Module, budget: int, spread: float = 0.05) -> dict:
     """A random subnet within ±spread of `budget`, drawn as the search draws its candidates."""
-    from search.evolution import CandidateSpace, LayerSlot
+    from search.evolution import CandidateSpace, layer_slots
 
-    slots = {n: LayerSlot(l.space.layer_choices(l.has_bias), l.in_features, l.out_features)
-             for n, l in glora_layers(model).items()}
-    space = CandidateSpace(slots, (round(budget * (1 - spread)), round(budget * (1 + spread))))
+    space = CandidateSpace(layer_slots(model), (round(budget * (1 - spread)), round(budget * (1 + spread))))
     return space.subnet(space.sample(random.Random(s.seed)))
 
 

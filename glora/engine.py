@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable, Optional
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,7 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Op
     return loss.detach()
 
 
-def split_batches(x: Tensor, y: Tensor, batch_size: int, transform: Optional[Callable[[Tensor], Tensor]] = None):
-    """Batches of an in-memory split, in order, optionally transformed (e.g. normalized) on the fly."""
+def split_batches(x: Tensor, y: Tensor, batch_size: int):
+    """Batches of an in-memory split, in order."""
     for i in range(0, len(y), batch_size):
-        xb = x[i:i + batch_size]
-        yield (transform(xb) if transform is not None else xb), y[i:i + batch_size]
+        yield x[i:i + batch_size], y[i:i + batch_size]

@@ -30,8 +30,22 @@ class LayerSlot:
         return choice_params(tensor, choice, self.in_features, self.out_features)
 
 
+def layer_slots(model) -> dict[str, LayerSlot]:
+    """The search's view of a model's adapted layers, by qualified name."""
+    from glora.inject import glora_layers
+
+    return {n: LayerSlot(l.space.layer_choices(l.has_bias), l.in_features, l.out_features)
+            for n, l in glora_layers(model).items()}
+
+
 class CandidateSpace:
     """Subnets as keys, with their parameter counts, budget checks and the breeding moves."""
+
+    @classmethod
+    def from_model(cls, model, budget_m, max_tries: int = 1000) -> "CandidateSpace":
+        """The candidates of a model's adapted layers within `budget_m` = [min, max] millions."""
+        lo, hi = budget_m
+        return cls(layer_slots(model), (round(lo * 1e6), round(hi * 1e6)), max_tries)
 
     def __init__(self, slots: dict[str, LayerSlot], budget: tuple[int, int], max_tries: int = 1000):
         self.names = list(slots)

@@ -4,17 +4,14 @@ import random
 import pytest
 
 from glora import SearchSpace, UserError, glora_layers, inject_glora, subnet_params
-from search.evolution import CandidateSpace, EvolutionSearch, LayerSlot
+from search.evolution import CandidateSpace, EvolutionSearch
 from conftest import tiny_vit
 
 
 def make_space(budget_m=(0.0, 0.02), ranks=(4, 8)):
     model = tiny_vit()
     inject_glora(model, SearchSpace(ranks))
-    slots = {n: LayerSlot(l.space.layer_choices(l.has_bias), l.in_features, l.out_features)
-             for n, l in glora_layers(model).items()}
-    lo, hi = budget_m
-    return model, CandidateSpace(slots, (round(lo * 1e6), round(hi * 1e6)))
+    return model, CandidateSpace.from_model(model, budget_m)
 
 
 TARGET = {"A": "lora_4", "B": "vector", "C": "none", "D": "scalar", "E": "vector"}
