@@ -31,11 +31,8 @@ def _section(name: str, quick: bool, settings) -> list[dict]:
     if name == "inference":
         from .inference import bench_inference
         return bench_inference(settings)
-    try:
-        from .data import bench_data  # written alongside: decode-once cache vs PIL decoding
-    except ImportError as e:
-        return [skipped("data", "epoch, decode-once cache", "PIL decoding every epoch", f"bench/data.py: {e}")]
-    return [{"section": "data", "unit": "s", "target": None, "met": None, **r} for r in bench_data(quick=quick)]
+    from .data import bench_data
+    return bench_data(quick=quick)
 
 
 def vtab_estimate(rows: list[dict], settings) -> dict | None:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from bench.report import print_table, row
 from data import VTABDataset, load_split, write_list
 
 N_IMAGES, IMG_SIZE, BATCH_SIZE = 800, 224, 64
@@ -63,13 +64,9 @@ def _gpu_epoch_seconds(loader, epochs: int) -> float:
     return (time.perf_counter() - start) / epochs
 
 
-def _row(name: str, ours_s: float, baseline: str, baseline_s: float) -> dict:
-    return dict(name=name, ours_s=ours_s, baseline=baseline, baseline_s=baseline_s, ratio=ours_s / baseline_s)
-
-
 def bench_data(quick: bool = True) -> list[dict]:
-    """Rows {name, ours_s, baseline, baseline_s, ratio}: seconds (per epoch, or once for the cache
-    build and load) and ratio = ours_s / baseline_s, so below 1 means ours is faster."""
+    """Rows of bench.report: seconds (per epoch, or once for the cache build and load) and
+    ratio = ours_s / baseline_s, so below 1 means ours is faster."""
     epochs_ours, epochs_base = (3, 1) if quick else (10, 3)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,29 +95,23 @@ def bench_data(quick: bool = True) -> list[dict]:
             baselines[workers] = _epoch_seconds(pil_epoch, epochs_base)
 
     pil = "DataLoader + PIL decode/resize/normalize, num_workers={}"
-    rows = [_row("epoch (cache in memory)", ours_s, pil.format(0), baselines[0]),
-            _row("epoch (cache in memory)", ours_s, pil.format(2), baselines[2])]
+    rows = [row("data", "epoch (cache in memory)", ours_s, pil.format(0), baselines[0]),
+            row("data", "epoch (cache in memory)", ours_s, pil.format(2), baselines[2])]
     if gpu_s is not None:
-        rows.append(_row("epoch (cache on the GPU)", gpu_s, pil.format(2), baselines[2]))
-    rows += [_row("cache build, one-time", build_s, "one PIL epoch, num_workers=0", baselines[0]),
-             _row("cache load from disk", load_s, "one PIL epoch, num_workers=0", baselines[0])]
+        rows.append(row("data", "epoch (cache on the GPU)", gpu_s, pil.format(2), baselines[2]))
+    rows += [row("data", "cache build, one-time", build_s, "one PIL epoch, num_workers=0", baselines[0]),
+             row("data", "cache load from disk", load_s, "one PIL epoch, num_workers=0", baselines[0])]
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    print(f"{N_IMAGES} images {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG -> {IMG_SIZE}px, batch {BATCH_SIZE}, "
-          f"{torch.get_num_threads()} torch threads; ratio = ours_s / baseline_s (< 1: ours faster)")
-    print(f"{'name':<26} {'ours_s':>8}  {'baseline':<56} {'baseline_s':>10} {'ratio':>7}")
-    for r in rows:
-        print(f"{r['name']:<26} {r['ours_s']:>8.3f}  {r['baseline']:<56} {r['baseline_s']:>10.3f} "
-              f"{r['ratio']:>7.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true",
                         help="more epochs per measurement (slower, steadier)")
-    print_table(bench_data(quick=not parser.parse_args().full))
+    rows = bench_data(quick=not parser.parse_args().full)
+    print(f"{N_IMAGES} images {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG -> {IMG_SIZE}px, batch {BATCH_SIZE}, "
+          f"{torch.get_num_threads()} torch threads")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import bench.__main__ as cli
 from bench import steps as steps_mod
 from bench import variants as V
 from bench.inference import bench_inference
+from bench.report import row
 from bench.search import bench_search
 from bench.settings import make_settings
 from bench.steps import bench_steps
@@ -98,8 +99,7 @@ def test_missing_peft_is_a_skipped_row(tiny, monkeypatch):
 
 def test_cli_writes_the_json_list(tiny, tmp_path, monkeypatch, capsys):
     fake = types.ModuleType("bench.data")
-    fake.bench_data = lambda quick=True: [dict(name="epoch (cache in memory)", ours_s=0.1, baseline="PIL",
-                                               baseline_s=1.0, ratio=0.1)]
+    fake.bench_data = lambda quick=True: [row("data", "epoch (cache in memory)", 0.1, "PIL", 1.0)]
     monkeypatch.setitem(sys.modules, "bench.data", fake)
     out = tmp_path / "bench.json"
     assert cli.main(["--quick", "--only", "search,inference,data", "--json", str(out)]) == 0
