@@ -3,15 +3,15 @@ import copy
 import time
 
 from glora import compact_subnet, load_adapters, load_subnet, merge_glora, save_adapters, set_subnet, subnet_params
-from glora.engine import evaluate, split_batches
+from engine.loops import evaluate, split_batches
 from glora.errors import UserError
-from glora.experiment import build_model, eval_tensors, load_data, train_loader
+from engine.experiment import build_model, eval_tensors, load_data, train_loader
 from glora.inject import head_params, mark_trainable
 from glora.io import load_yaml, save_json
 from glora.merge import export_merged
 from glora.model import count_params
-from glora.run import Stage, cli, log
-from glora.trainer import Trainer
+from engine.run import Stage, cli, log
+from engine.trainer import Trainer
 
 
 def main(args):

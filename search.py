@@ -5,11 +5,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from glora import distributed, load_adapters, save_subnet
+from engine import distributed
+from glora import load_adapters, save_subnet
 from glora.errors import UserError
-from glora.experiment import build_model, eval_tensors, load_data
+from engine.experiment import build_model, eval_tensors, load_data
 from glora.io import atomic_write, load_yaml, save_json, save_yaml
-from glora.run import Stage, cli, log
+from engine.run import Stage, cli, log
 from search.evolution import CandidateSpace, EvolutionSearch
 from search.score import MergedScorer
 

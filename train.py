@@ -3,13 +3,13 @@ import random
 import time
 
 from glora import sample_subnet, save_adapters, set_subnet
-from glora.engine import evaluate, split_batches
-from glora.experiment import build_model, eval_tensors, load_data, train_loader
+from engine.loops import evaluate, split_batches
+from engine.experiment import build_model, eval_tensors, load_data, train_loader
 from glora.inject import head_params
 from glora.io import save_json
 from glora.model import count_params
-from glora.run import Stage, cli, log
-from glora.trainer import Trainer
+from engine.run import Stage, cli, log
+from engine.trainer import Trainer
 
 
 def main(args):

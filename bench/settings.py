@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from glora.config import load_config
+from engine.config import load_config
 
 
 @dataclass
@@ -15,7 +15,7 @@ class Settings:
     device: torch.device
     model: str  # a timm name; random init (no weights are downloaded)
     batch_size: int  # supernet and retrain steps, inference
-    amp: bool  # bf16 autocast (CUDA only, as in glora.engine)
+    amp: bool  # bf16 autocast (CUDA only, as in engine.loops)
     threads: int
     quick: bool
     reps: int  # timed repetitions per measurement (medians are reported)

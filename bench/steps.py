@@ -1,6 +1,6 @@
 """Training steps: the supernet step and the retrain step against their baselines, with peak memory.
 
-Every variant trains the same backbone on the same batch with glora.engine.train_step (AdamW,
+Every variant trains the same backbone on the same batch with engine.loops.train_step (AdamW,
 bf16 autocast on CUDA); all are timed in one interleaved loop, so each ratio compares steps
 taken under the same machine conditions.
 """
@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from glora.engine import train_step
+from engine.loops import train_step
 
 from . import variants as V
 from .report import FASTER, at_most, row, skipped

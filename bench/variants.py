@@ -42,7 +42,7 @@ def backbone(s: Settings) -> nn.Module:
 
 
 def finish(s: Settings, model: nn.Module, note: str = "") -> Variant:
-    """AdamW over the trainable parameters, made the way glora.trainer makes it."""
+    """AdamW over the trainable parameters, made the way engine.trainer makes it."""
     model.train()
     d = s.defaults["train"]
     return Variant(model, create_optimizer_v2(model, "adamw", lr=d["lr"], weight_decay=d["weight_decay"]), note)

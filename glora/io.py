@@ -93,3 +93,8 @@ def load_torch(path) -> Any:
         raise UserError(f"{path}: file not found") from None
     except Exception as e:  # torch raises many types for a damaged or foreign pickle
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it or re-create it") from None
+
+
+def tuples(x):
+    """random.setstate wants the tuples it gave; a YAML or checkpoint round trip returns lists."""
+    return tuple(tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

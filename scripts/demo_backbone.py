@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from glora.config import load_config  # noqa: E402
-from glora.experiment import eval_tensors, load_data  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.experiment import eval_tensors, load_data  # noqa: E402
 from glora.io import save_tensors  # noqa: E402
 
 

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import timm  # noqa: E402
 
 from glora import UserError, save_adapters  # noqa: E402
-from glora.config import load_config  # noqa: E402
-from glora.experiment import build_model  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.experiment import build_model  # noqa: E402
 from glora.merge import adapter_state  # noqa: E402
 from data import task_num_classes  # noqa: E402
 

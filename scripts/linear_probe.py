@@ -9,12 +9,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from glora import compact_subnet, glora_layers, set_subnet  # noqa: E402
-from glora.engine import evaluate, split_batches  # noqa: E402
-from glora.experiment import build_model, eval_tensors, load_data, train_loader  # noqa: E402
+from engine.loops import evaluate, split_batches  # noqa: E402
+from engine.experiment import build_model, eval_tensors, load_data, train_loader  # noqa: E402
 from glora.inject import head_params, mark_trainable  # noqa: E402
 from glora.io import save_json  # noqa: E402
-from glora.run import Stage, cli, log  # noqa: E402
-from glora.trainer import Trainer  # noqa: E402
+from engine.run import Stage, cli, log  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
 
 
 def main(args):

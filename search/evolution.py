@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from glora.errors import UserError
+from glora.io import tuples
 from glora.space import TENSORS, choice_params
 
 Key = tuple  # one tuple of A..E choices per layer, in layer order: hashable and ordered
@@ -183,8 +184,6 @@ class EvolutionSearch:
         }
 
     def load_state(self, state: dict) -> None:
-        from glora.run import tuples
-
         self.generation = int(state["generation"])
         self.rng.setstate(tuples(state["rng"]))
         self.records = {}

@@ -6,7 +6,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from glora.engine import evaluate, split_batches
+from engine.loops import evaluate, split_batches
 from glora.inject import Subnet, glora_layers, set_subnet
 
 

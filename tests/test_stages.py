@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from data import build_demo
-from glora.run import parse_args
+from engine.run import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -60,15 +60,15 @@ class Killed(Exception):
 
 
 def kill_after_first_checkpoint(monkeypatch):
-    import glora.trainer
+    import engine.trainer
 
-    real = glora.trainer.save_checkpoint
+    real = engine.trainer.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real(*args, **kwargs)
         raise Killed
 
-    monkeypatch.setattr(glora.trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine.trainer, "save_checkpoint", save_then_die)
 
 
 def test_pipeline_end_to_end(config, tmp_path):
@@ -208,8 +208,8 @@ def test_import_a_supernet_state_dict_from_elsewhere(config, tmp_path):
     """A release-style checkpoint (whole model state dict, DDP prefix) becomes our supernet file."""
     run("train", config, "--set", "train.epochs=1")
     supernet = load_file(tmp_path / "run" / "supernet" / "supernet.safetensors")
-    from glora.experiment import build_model
-    from glora.config import load_config
+    from engine.experiment import build_model
+    from engine.config import load_config
     cfg = load_config(str(config))
     model = build_model(cfg, 10)
     state = {**model.state_dict(), **supernet}

@@ -11,8 +11,8 @@ from typing import Optional
 
 from torch import nn
 
-from .io import load_torch, save_torch
-from .merge import load_adapters, save_adapters
+from glora.io import load_torch, save_torch
+from glora.merge import load_adapters, save_adapters
 
 
 def save_checkpoint(folder, model: nn.Module, state: dict) -> Path:

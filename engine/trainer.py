@@ -13,12 +13,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import distributed
+from glora.errors import UserError
+from glora.io import tuples
 
+from . import distributed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .engine import train_step
-from .errors import UserError
-from .run import Stage, log, rng_state, set_rng_state, tuples
+from .loops import train_step
+from .run import Stage, log, rng_state, set_rng_state
 
 
 class Trainer:

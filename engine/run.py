@@ -12,9 +12,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from glora.errors import UserError
+from glora.io import tuples
+
 from . import distributed
 from .config import load_config, save_config
-from .errors import UserError
 
 log = logging.getLogger("glora")
 
@@ -119,8 +121,3 @@ def set_rng_state(state: dict) -> None:
     random.setstate(tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def tuples(x):
-    """random.setstate wants the tuples it gave; a checkpoint round trip may return lists."""
-    return tuple(tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

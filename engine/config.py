@@ -7,8 +7,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .errors import UserError
-from .io import load_yaml, save_yaml
+from glora.errors import UserError
+from glora.io import load_yaml, save_yaml
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
 FREE_FORM = {"model.kwargs"}  # passed through to timm; any key is allowed

@@ -9,11 +9,12 @@ from torch import nn
 from data import load_split, normalize
 from data.vtab import SplitData
 
+from glora.errors import UserError
+from glora.inject import inject_glora, mark_trainable
+from glora.model import create_model
+from glora.space import SearchSpace
+
 from . import distributed
-from .errors import UserError
-from .inject import inject_glora, mark_trainable
-from .model import create_model
-from .space import SearchSpace
 
 
 def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = None) -> nn.Module:
