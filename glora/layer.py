@@ -184,7 +184,10 @@ class GLoRALinear(nn.Module):
 
     def _replace(self, name: str, value: Tensor) -> None:
         old = getattr(self, name)
-        setattr(self, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+        # Fresh row-major strides: a (1, 1) slice of (out, R) storage keeps strides (R, 1), which
+        # DDP's gradient buckets (laid out row-major) warn about on every step.
+        value = value.clone(memory_format=torch.contiguous_format)
+        setattr(self, name, nn.Parameter(value, requires_grad=old.requires_grad))
 
     def adapter_params(self) -> int:
         """Elements of the fixed config (== storage size once compacted)."""
@@ -215,15 +218,17 @@ def structured_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: 
     """y = (x Wᵀ)·(1 + a) + sum(x)·β + (x Buᵀ) Bdᵀ + b', for a frozen W (see _StructuredLinear).
 
     `scale` (a) and `shift` (β) are an (out, 1) column or a 0-d scalar, `down`/`up` the (out, r)
-    and (r, in) halves of a low-rank B; any of them may be None. Under autocast, every operand is
-    cast to the autocast dtype first, as F.linear would be.
+    and (r, in) halves of a low-rank B; any of them may be None. Under autocast, x, b' and the
+    low-rank B are cast to the autocast dtype as F.linear would cast them, while a and β stay in
+    their own dtype: they fold into W before W is cast, and 1 + a is never rounded on its own
+    (in bf16, 1 + a == 1 for every |a| below 2⁻⁹, which would drop a small a from the forward).
     """
     kind = x.device.type
     if torch.is_autocast_enabled(kind):
         dtype = torch.get_autocast_dtype(kind)
         cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
         with torch.autocast(kind, enabled=False):
-            return _StructuredLinear.apply(*map(cast, (x, weight, bias, scale, shift, down, up)))
+            return _StructuredLinear.apply(cast(x), weight, cast(bias), scale, shift, cast(down), cast(up))
     return _StructuredLinear.apply(x, weight, bias, scale, shift, down, up)
 
 
@@ -239,6 +244,8 @@ class _StructuredLinear(torch.autograd.Function):
         dx = dy (W·(1 + a) + β 1ᵀ) + (dy Bd) Bu                                        (t = x Buᵀ)
 
     NOTE: da needs x Wᵀ on its own; when a trains, that product is kept and scaled instead.
+    W, a and β arrive in the parameters' dtype and fold (W·(1 + a) + β 1ᵀ) before the cast to
+    the dtype of x; everything else arrives in the dtype of x.
     """
 
     @staticmethod
@@ -249,13 +256,14 @@ class _StructuredLinear(torch.autograd.Function):
         xsum = x2.sum(1) if shift is not None else None
         base = None
         if scale is not None and need[3]:
-            base = x2 @ weight.t()
-            gain = 1 + scale.reshape(-1)
-            y = base * gain if bias is None else torch.addcmul(bias, base, gain)
+            base = x2 @ weight.to(x2.dtype).t()
+            # y = base·(1 + a) + b', computed in a's precision and rounded once into y's dtype.
+            gain, y = 1 + scale.reshape(-1), torch.empty_like(base)
+            torch.mul(base, gain, out=y) if bias is None else torch.addcmul(bias, base, gain, out=y)
             if shift is not None:
-                y.addr_(xsum, shift.reshape(-1).expand(out_f))
+                y.addr_(xsum, shift.reshape(-1).to(y.dtype).expand(out_f))
         else:
-            w = _scaled_shifted(weight, scale, shift)
+            w = _scaled_shifted(weight, scale, shift).to(x2.dtype)
             y = x2 @ w.t() if bias is None else torch.addmm(bias, x2, w.t())
         t = None
         if down is not None:
@@ -288,7 +296,7 @@ class _StructuredLinear(torch.autograd.Function):
         if need[6]:
             dup = dt.t() @ x2
         if need[0]:
-            dx = dy @ _scaled_shifted(weight, scale, shift)
+            dx = dy @ _scaled_shifted(weight, scale, shift).to(dy.dtype)
             if dt is not None:
                 dx.addmm_(dt, up)
             dx = dx.view(ctx.x_shape)
@@ -303,5 +311,5 @@ def _scaled_shifted(weight: Tensor, scale: Optional[Tensor], shift: Optional[Ten
 
 
 def _per_output(grad: Tensor, like: Tensor) -> Tensor:
-    """A per-output-channel gradient (out,) in the shape of its (out, 1) or 0-d parameter."""
-    return grad.sum() if like.dim() == 0 else grad.view_as(like)
+    """A per-output-channel gradient (out,) in the shape and dtype of its (out, 1) or 0-d parameter."""
+    return (grad.sum() if like.dim() == 0 else grad.view_as(like)).to(like.dtype)

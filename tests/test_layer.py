@@ -253,3 +253,39 @@ def test_D_on_a_layer_without_bias_computes_nothing():
         W2, b2 = paper_equation(layer.weight.detach(), None, P, cfg)
         torch.testing.assert_close(layer(x), x @ W2.T + b2, rtol=0, atol=1e-10)
         assert layer.adapter_params() == layer.space.count({**cfg, "D": "none"}, 9, 6)
+
+
+def test_compacted_storage_is_row_major():
+    """DDP lays gradient buckets out row-major; compacted storage must match (no stride warning)."""
+    layer = make_layer((2, 4))
+    for cfg in list(all_configs(layer.space, True))[::7]:
+        fresh = make_layer((2, 4))
+        fresh.set_config(cfg)
+        fresh.compact()
+        for name, p in fresh.adapter_parameters().items():
+            assert p.stride() == torch.empty(p.shape).stride(), (cfg, name, p.shape, p.stride())
+
+
+@pytest.mark.parametrize("train_a", [True, False])
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_a_small_scale_survives_bf16_autocast(kind, train_a):
+    """With |a| < 2⁻⁹, 1 + a rounds to 1 in bf16; the layer never forms it there, so a reaches y
+    (as far as bf16 can hold it) and y is as close to the exact output as with a = 0 or closer."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    with torch.no_grad():  # outputs that nearly cancel their bias: where a small a shows in bf16
+        lin.bias.copy_(-(torch.randn(256, 64) @ lin.weight.t()).mean(0))
+    layer = GLoRALinear(lin, SearchSpace((4,)))
+    layer.set_config({"A": kind, "B": "none", "C": "none", "D": "none", "E": "none"})
+    layer.Ad.requires_grad_(train_a)
+    x = torch.randn(256, 64)
+    with torch.no_grad():
+        layer.Ad.fill_(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            without = layer(x).float()
+        layer.Ad.fill_(2.0 ** -10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x).float()
+    exact = (x.double() @ lin.weight.double().t() * (1 + 2.0 ** -10) + lin.bias.double()).float()
+    assert not torch.equal(y, without)
+    assert (y - exact).abs().mean() < (without - exact).abs().mean()
