@@ -78,7 +78,7 @@ def main(args):
         "adapter_params": adapter_params, "head_params": head_params(merged),
         "trainable_params": count_params(model, trainable_only=True),
         "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
-        "merged_checkpoint": str(path), "timings": timings,
+        "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
     }
     save_json(stage.dir / "results.json", results)
     log.info("test acc1 %.2f, merged %.2f, %d adapter params -> %s", test_acc, test_acc_merged, adapter_params, path)

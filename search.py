@@ -71,6 +71,7 @@ def main(args):
     save_json(stage.dir / "summary.json", {
         "best_val_acc1": best.acc1, "best_params": best.params, "candidates_scored": len(evo.records),
         "generations": evo.generation, "search_seconds": seconds, "best_subnet": str(path),
+        "peak_memory_mb": stage.peak_memory_mb(),
     })
     log.info("best subnet: val acc1 %.2f with %d adapter parameters -> %s", best.acc1, best.params, path)
     stage.close()

@@ -46,7 +46,7 @@ def main(args):
     save_json(stage.dir / "summary.json", {
         "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
         "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
-        "val_acc1_reference_subnets": metrics, "supernet": str(path),
+        "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
     })
     log.info("supernet written to %s", path)
     stage.close()

@@ -50,9 +50,9 @@ def environment(settings) -> dict:
     except ImportError:
         peft_version = None
     cuda = settings.device.type == "cuda"
-    memory = ("torch.cuda.max_memory_allocated during one step" if cuda else
-              "parameters, gradients and optimizer state + the peak of the torch profiler's "
-              "allocation events during one step (tensor memory)")
+    memory = ("parameters, gradients and optimizer state + the peak allocated on top of what was allocated "
+              "before one step (" + ("torch.cuda.max_memory_allocated" if cuda else
+                                     "the torch profiler's allocation events") + "; tensor memory)")
     return dict(device=settings.device.type, device_name=torch.cuda.get_device_name(settings.device) if cuda
                 else cpu_name(), threads=settings.threads, cores=os.cpu_count(), quick=settings.quick,
                 model=settings.model, batch_size=settings.batch_size, amp=settings.amp, reps=settings.reps,

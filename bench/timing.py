@@ -76,20 +76,23 @@ def peak_bytes(fn: Callable[[], object], device: torch.device, *holders) -> int:
     """Peak tensor memory while `fn` runs: what `holders` (modules, optimizers) keep allocated
     between calls, plus the highest amount of memory allocated on top of it during the call.
 
-    On CUDA this is torch.cuda.max_memory_allocated. On the CPU it comes from the torch
-    profiler's allocation and free events, summed in time order (tensor memory only: no
-    allocator slack or Python objects; temporaries freed inside a single op are not seen).
+    The same on both devices, so that the variants of one run (all resident at once) are counted
+    one at a time: on CUDA the call's part is torch.cuda.max_memory_allocated above what was
+    allocated when it began; on the CPU it comes from the torch profiler's allocation and free
+    events, summed in time order (tensor memory only: no allocator slack or Python objects;
+    temporaries freed inside a single op are not seen).
     """
     gc.collect()
+    base = persistent_bytes(*holders)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
         fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
+        return base + torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    base = persistent_bytes(*holders)
     with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)

@@ -9,6 +9,7 @@
     decode_image(path, img_size=224, interpolation="bicubic") -> uint8 (3, H, W)
     normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32)
     build_demo(root) -> Path    # the `digits` demo task
+    build_synthetic(root, task="synthetic", *, num_classes=10, test=1000, img_size=224) -> Path
 Bad input raises glora.errors.UserError with a one-line message.
 """
 
@@ -16,11 +17,12 @@ from .demo import DEMO_TASK, build_demo
 from .lists import SPLITS, read_list, write_list
 from .loader import BatchLoader
 from .registry import GROUPS, TASKS, Task, get_task
+from .synthetic import build_synthetic
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, decode_image, normalize
 from .vtab import SplitData, VTABDataset, load_split, read_split, task_num_classes
 
 __all__ = [
     "BatchLoader", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SPLITS",
-    "SplitData", "TASKS", "Task", "VTABDataset", "build_demo", "decode_image", "get_task", "load_split",
+    "SplitData", "TASKS", "Task", "VTABDataset", "build_demo", "build_synthetic", "decode_image", "get_task", "load_split",
     "normalize", "read_list", "read_split", "task_num_classes", "write_list",
 ]

@@ -1,5 +1,6 @@
-"""Check a prepared task (`python -m data --root R --task T`) or build the demo
-(`python -m data build-demo --root R`); a problem prints `error: ...` and exits 2."""
+"""Check a prepared task (`python -m data --root R --task T`), build the demo
+(`python -m data build-demo --root R`) or a synthetic task of any size
+(`python -m data build-synthetic --root R --test 20000`); a problem prints `error: ...` and exits 2."""
 
 import argparse
 import sys
@@ -12,6 +13,7 @@ from glora.errors import UserError
 from .cache import check_images
 from .demo import build_demo
 from .lists import SPLITS, task_dir
+from .synthetic import build_synthetic
 from .vtab import read_split, resolve_num_classes
 
 
@@ -40,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
                                              description="Write the `digits` demo task under ROOT.")
             parser.add_argument("--root", required=True, help="data root; the task goes to ROOT/digits")
             print(build_demo(parser.parse_args(argv[1:]).root))
+            return 0
+        if argv[:1] == ["build-synthetic"]:
+            parser = argparse.ArgumentParser(
+                prog="python -m data build-synthetic",
+                description="Write a synthetic task (class-coloured striped noise, JPEG) in the VTAB-1k layout.")
+            parser.add_argument("--root", required=True, help="data root; the task goes to ROOT/TASK")
+            parser.add_argument("--task", default="synthetic", help="task folder name (default synthetic)")
+            parser.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+            parser.add_argument("--test", type=int, default=1000, help="images in the test split (default 1000)")
+            parser.add_argument("--img-size", type=int, default=224, help="image side in pixels (default 224)")
+            a = parser.parse_args(argv[1:])
+            print(build_synthetic(a.root, a.task, num_classes=a.classes, test=a.test, img_size=a.img_size))
             return 0
         parser = argparse.ArgumentParser(
             prog="python -m data",

@@ -39,14 +39,13 @@ def load_data(cfg: dict, split: str) -> SplitData:
     d = cfg["data"]
     if not d["task"]:
         raise UserError("data.task is not set: use a task config (configs/vtab/<task>.yaml) or --set data.task=NAME")
-    # Under torchrun rank 0 builds the decode cache while the others wait, then they read it.
-    if not distributed.is_main():
-        distributed.barrier()
-    data = load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
-                      interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"])
-    if distributed.is_main():
-        distributed.barrier()
-    return data
+
+    def load():
+        return load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
+                          interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"])
+
+    # Under torchrun rank 0 decodes the split into the cache first; then the others read it.
+    return distributed.rank0_first(load) if d["cache"] else load()
 
 
 def train_loader(cfg: dict, split: SplitData, device: torch.device):

@@ -38,6 +38,8 @@ def cli(main: Callable[[argparse.Namespace], None], description: str) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except distributed.PeerFailed:  # rank 0 has printed the error
+        sys.exit(2)
 
 
 class Stage:
@@ -49,12 +51,11 @@ class Stage:
         self.resume = args.resume
         self.root = Path(self.cfg["output"])
         self.dir = self.root / name
-        rank_device = distributed.init_from_env()
+        self.device = distributed.init(self.cfg["device"])
         self.main = distributed.is_main()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._setup_logging()
-        self.device = rank_device or resolve_device(self.cfg["device"])
-        seed_everything(self.cfg["seed"])  # the same on every rank: every rank draws the same subnets
+        seed_everything(self.cfg["seed"])  # the same on every rank: the same model, subnets and batches
         log.info("%s: output %s, device %s%s", name, self.dir, self.device, " (resuming)" if self.resume else "")
 
     def begin(self) -> None:
@@ -80,6 +81,10 @@ class Stage:
 
         return SummaryWriter(str(self.dir / "tb")) if self.main else _NoWriter()
 
+    def peak_memory_mb(self) -> float | None:
+        """Peak GPU memory allocated by this process so far (None on the CPU)."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+
     def close(self) -> None:
         if "writer" in self.__dict__:
             self.writer.close()
@@ -93,31 +98,27 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} but CUDA is not available here; use --set device=cpu or auto")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """Global RNG states (drop-path and dropout draw from torch's), for exact resume."""
+def seed_noise(seed: int) -> None:
+    """Seed torch's generators (drop-path, dropout) from (seed, rank): each rank draws its own masks."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, distributed.rank()]).generate_state(1)[0]))
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's generator states (torch's, that of its GPU, Python's), for exact resume."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -19,7 +19,7 @@ from glora.io import tuples
 from . import distributed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .loops import train_step
-from .run import Stage, log, rng_state, set_rng_state
+from .run import Stage, log, rng_state, seed_noise, set_rng_state
 
 
 class Trainer:
@@ -52,12 +52,13 @@ class Trainer:
         self.ckpt_dir = stage.dir / "checkpoint"
 
     def state(self) -> dict:
+        """The loop's state; collective under torchrun (it gathers every rank's generator states)."""
         state = {
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loader": self.loader.state_dict(),
-            "rng": rng_state(),
+            "rng": distributed.all_gather(rng_state(self.stage.device)),  # one per rank
             "train_seconds": self.train_seconds,
         }
         if self.sampler is not None:
@@ -66,6 +67,7 @@ class Trainer:
 
     def start(self) -> None:
         """With --resume continue from the last checkpoint; otherwise start afresh (and say so)."""
+        seed_noise(int(self.stage.cfg["seed"]))
         if self.stage.resume:
             self.restore()
         elif find_checkpoint(self.ckpt_dir) is not None:
@@ -83,12 +85,22 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        self._restore_rng(state["rng"])
         if self.sampler is not None:
             self.sampler.setstate(tuples(state["sampler"]))
         self.epoch, self.train_seconds = int(state["epoch"]), float(state["train_seconds"])
         log.info("resumed from %s at epoch %d", folder, self.epoch)
         return True
+
+    def _restore_rng(self, states) -> None:
+        """This rank's generator states; a checkpoint of another world size cannot replay them."""
+        states = [states] if isinstance(states, dict) else states
+        if len(states) == distributed.world_size():
+            set_rng_state(states[distributed.rank()], self.stage.device)
+        else:
+            log.warning("checkpoint written by %d process(es), resumed on %d: the run goes on, but the "
+                        "drop-path/dropout noise is drawn afresh (not bit-exact with an uninterrupted run)",
+                        len(states), distributed.world_size())
 
     def fit(self) -> dict:
         writer, device = self.stage.writer, self.stage.device
@@ -121,8 +133,9 @@ class Trainer:
                 log.info("epoch %d: loss %.4f, %s", self.epoch, loss,
                          ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
             if last or self.epoch % int(self.section["ckpt_every"]) == 0:
+                state = self.state()
                 if self.stage.main:
-                    save_checkpoint(self.ckpt_dir, self.model, self.state())
+                    save_checkpoint(self.ckpt_dir, self.model, state)
                 distributed.barrier()
         if not metrics and self.validate is not None:  # resumed after the last epoch: report anyway
             metrics = self.validate()

@@ -4,6 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from data import build_demo, load_split, read_list
@@ -94,3 +95,23 @@ def test_cli_build_demo_into_unwritable_root_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"error: cannot write the demo task to {tmp_path / 'file' / 'digits'}")
+
+
+def test_synthetic_task_has_the_vtab_layout_and_is_reproducible(tmp_path):
+    from data import build_synthetic, load_split, read_list
+
+    folder = build_synthetic(tmp_path, "syn", num_classes=4, test=30, img_size=16)
+    sizes = {s: len(read_list(folder / f"{s}.txt")) for s in ("train800", "val200", "train800val200", "test")}
+    assert sizes == {"train800": 800, "val200": 200, "train800val200": 1000, "test": 30}
+    union = read_list(folder / "train800.txt") + read_list(folder / "val200.txt")
+    assert [(e.rel, e.label) for e in read_list(folder / "train800val200.txt")] == [(e.rel, e.label) for e in union]
+    test = load_split(tmp_path, "syn", "test", img_size=16, cache=False)
+    assert test.num_classes == 4 and test.images.shape == (30, 3, 16, 16)
+    assert sorted(set(test.labels.tolist())) == [0, 1, 2, 3]
+    first = (folder / "images" / "000000.jpg").read_bytes()
+    (folder / "images" / "000000.jpg").unlink()
+    build_synthetic(tmp_path, "syn", num_classes=4, test=30, img_size=16)
+    assert (folder / "images" / "000000.jpg").read_bytes() == first
+    # the classes differ in colour: per-class mean images are far apart
+    means = torch.stack([test.images[test.labels == c].float().mean(0) for c in range(4)])
+    assert torch.cdist(means.flatten(1), means.flatten(1)).fill_diagonal_(1e9).min() > 100

@@ -87,6 +87,7 @@ def test_bad_batch_size_is_a_user_error():
         BatchLoader(*_split(), batch_size=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_loader_on_cuda_matches_cpu_bitwise():
     images, labels = _split(37)

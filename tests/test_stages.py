@@ -195,6 +195,23 @@ def test_torchrun_two_processes_equal_one(config, tmp_path):
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-3, atol=1e-4)
 
 
+def test_torchrun_two_processes_killed_and_resumed_equal_uninterrupted(config, tmp_path):
+    """Drop-path on: every rank restores its own generator states, so the resumed run is exact."""
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    args = [config, "--set", "train.epochs=4", "--set", "model.kwargs.drop_path_rate=0.2"]
+    r = cli(*torchrun, ROOT / "train.py", *args, "--set", f"output={tmp_path / 'full'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    cut = ["--set", f"output={tmp_path / 'cut'}"]
+    r = cli(*torchrun, ROOT / "tests" / "kill_after_checkpoint.py", ROOT / "train.py", *args, *cut)
+    assert r.returncode != 0 and (tmp_path / "cut" / "supernet" / "checkpoint").is_dir()
+    assert not (tmp_path / "cut" / "supernet" / "supernet.safetensors").exists()
+    r = cli(*torchrun, ROOT / "train.py", *args, *cut, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    full = load_file(tmp_path / "full" / "supernet" / "supernet.safetensors")
+    resumed = load_file(tmp_path / "cut" / "supernet" / "supernet.safetensors")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 def test_demo_backbone_is_a_loadable_pretrained_file(config, tmp_path):
     out = tmp_path / "backbone.safetensors"
     r = cli(ROOT / "scripts" / "demo_backbone.py", config, out, "--epochs", "1")
