@@ -63,7 +63,10 @@ def normalize(
     The arithmetic is float32 and op-for-op that of ToTensor + Normalize (so bitwise equal to
     them); the result is then cast to `dtype`.
     """
-    x = images.to(torch.float32, copy=True).div_(255)  # in place from here on: never the input
+    x = images.to(torch.float32, copy=True)  # in place from here on: never the input
+    # A tensor divisor, not the number 255: CUDA divides by a number as a product with its
+    # reciprocal, which rounds differently from the CPU's true division.
+    x = x.div_(torch.tensor(255.0, device=x.device))
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     x = x.sub_(mean).div_(std)

@@ -71,11 +71,11 @@ def test_three_stages_on_cuda_with_bf16_and_exact_resume(config, tmp_path, monke
 @pytest.mark.skipif(torch.cuda.device_count() != 1, reason="needs a host with exactly one GPU")
 def test_torchrun_two_ranks_on_one_gpu(config, tmp_path):
     """With device=cuda, one clear line; with device=cpu, gloo over CPU processes, as on any host."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "train.py"),
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
                 str(config), "--set", "train.epochs=1"]
     r = subprocess.run(torchrun + ["--set", "device=cuda", "--set", f"output={tmp_path / 'gpu'}"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "--nproc_per_node 1, or --set device=cpu" in r.stderr
-    r = cli("-m", "torch.distributed.run", "--nproc_per_node", "2", ROOT / "train.py", config,
+    r = cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", ROOT / "train.py", config,
             "--set", "train.epochs=1", "--set", "device=cpu", "--set", f"output={tmp_path / 'cpu'}")
     assert r.returncode == 0, r.stderr[-2000:]

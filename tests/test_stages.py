@@ -184,7 +184,7 @@ def test_infeasible_budget_fails_at_once(config, tmp_path):
 def test_torchrun_two_processes_equal_one(config, tmp_path):
     """DDP over 2 CPU processes (gloo): same subnets on every rank, half a batch each, averaged grads."""
     no_drop = ["--set", "model.kwargs.drop_path_rate=0.0", "--set", "train.epochs=2"]
-    r = cli("-m", "torch.distributed.run", "--nproc_per_node", "2", ROOT / "train.py", config, *no_drop,
+    r = cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", ROOT / "train.py", config, *no_drop,
             "--set", f"output={tmp_path / 'ddp'}")
     assert r.returncode == 0, r.stderr[-2000:]
     run("train", config, *no_drop, "--set", f"output={tmp_path / 'one'}")
@@ -197,7 +197,7 @@ def test_torchrun_two_processes_equal_one(config, tmp_path):
 
 def test_torchrun_two_processes_killed_and_resumed_equal_uninterrupted(config, tmp_path):
     """Drop-path on: every rank restores its own generator states, so the resumed run is exact."""
-    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     args = [config, "--set", "train.epochs=4", "--set", "model.kwargs.drop_path_rate=0.2"]
     r = cli(*torchrun, ROOT / "train.py", *args, "--set", f"output={tmp_path / 'full'}")
     assert r.returncode == 0, r.stderr[-2000:]
