@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch import nn
 
+from engine.trainer import adamw
 from glora import SearchSpace, compact_subnet, glora_layers, inject_glora, mark_trainable, set_subnet, subnet_params
 from glora.model import create_model
 
@@ -45,7 +45,7 @@ def finish(s: Settings, model: nn.Module, note: str = "") -> Variant:
     """AdamW over the trainable parameters, made the way engine.trainer makes it."""
     model.train()
     d = s.defaults["train"]
-    return Variant(model, create_optimizer_v2(model, "adamw", lr=d["lr"], weight_decay=d["weight_decay"]), note)
+    return Variant(model, adamw(model, d["lr"], d["weight_decay"], s.device), note)
 
 
 def bias_only(s: Settings) -> Variant:
