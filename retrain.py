@@ -8,6 +8,7 @@ from glora.errors import UserError
 from engine.experiment import build_model, eval_tensors, load_data, train_loader
 from glora.inject import head_params, mark_trainable
 from glora.io import load_yaml, save_json
+from glora.hub import save_hub_folder
 from glora.merge import export_merged
 from glora.model import count_params
 from engine.run import Stage, cli, log
@@ -81,6 +82,15 @@ def main(args):
         "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
     }
     save_json(stage.dir / "results.json", results)
+    d = cfg["data"]
+    save_hub_folder(merged, stage.dir / "hub", img_size=d["img_size"], mean=d["mean"], std=d["std"],
+                    interpolation=d["interpolation"], model_args=cfg["model"]["kwargs"], weights=path,
+                    name=f"{cfg['model']['name']}.glora_{d['task']}", details={
+                        "Task": f"{d['task']} ({train.num_classes} classes)",
+                        "Protocol": "supernet on train800, search on val200, retrain on train800val200; "
+                                    "test accuracy of the final epoch, evaluated once",
+                        "Test accuracy (%)": round(test_acc_merged, 2), "Adapter parameters": adapter_params,
+                        "Head parameters": results["head_params"]})
     log.info("test acc1 %.2f, merged %.2f, %d adapter params -> %s", test_acc, test_acc_merged, adapter_params, path)
     stage.close()
 

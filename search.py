@@ -9,6 +9,7 @@ from engine import distributed
 from glora import load_adapters, save_subnet
 from glora.errors import UserError
 from engine.experiment import build_model, eval_tensors, load_data
+from engine.figures import draw_search
 from glora.io import atomic_write, load_yaml, save_json, save_yaml
 from engine.run import Stage, cli, log
 from search.evolution import CandidateSpace, EvolutionSearch
@@ -68,6 +69,8 @@ def main(args):
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
                        val_acc1=best.acc1, generation=best.generation, budget=list(s["budget"]),
                        ranks=list(cfg["glora"]["ranks"]))
+    draw_search(stage.dir, [vars(r) for r in evo.records.values()], vars(best), s["budget"], space.subnet(best.key),
+                stage.writer, evo.generation)
     save_json(stage.dir / "summary.json", {
         "best_val_acc1": best.acc1, "best_params": best.params, "candidates_scored": len(evo.records),
         "generations": evo.generation, "search_seconds": seconds, "best_subnet": str(path),

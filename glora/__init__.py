@@ -1,6 +1,7 @@
-"""GLoRA (Generalized LoRA) for timm Vision Transformers: the layer, the space, injection and merging.
+"""GLoRA (Generalized LoRA) for timm models: the space, the layer, injection, merging and export.
 
-Names are imported on first use, so that `glora.errors` or `glora.space` load without torch/timm.
+Names are imported on first use: the layer, injection, merging and adapters files need torch and
+safetensors only; `create_model` and `save_hub_folder` also timm, subnet files PyYAML.
 """
 import importlib
 
@@ -12,6 +13,7 @@ _EXPORTS = {
     "current_subnet": "inject", "glora_layers": "inject", "head_params": "inject", "mark_trainable": "inject",
     "param_bounds": "inject", "sample_subnet": "inject", "set_sampler": "inject",
     "merge_glora": "merge", "export_merged": "merge", "load_adapters": "merge", "save_adapters": "merge",
+    "save_hub_folder": "hub",
     "create_model": "model",
     "load_subnet": "subnet", "save_subnet": "subnet",
 }

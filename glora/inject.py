@@ -61,15 +61,20 @@ def inject_glora(model: nn.Module, space: SearchSpace, targets: Optional[Iterabl
     run decides every sampled subnet.
     """
     rng = random.Random(0) if rng is None else rng
+    names = select_linears(model, targets, exclude)
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer to adapt{f' left by exclude {list(exclude)}' if exclude else ''} "
+            f"besides its classifier head {sorted(head_names(model))}; GLoRA adapts linear layers "
+            "(ViT, DeiT, Swin, MLP-Mixer, ConvNeXt with conv_mlp=False), not convolutions"
+        )
     layers = {}
-    for name in select_linears(model, targets, exclude):
+    for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         layer = GLoRALinear(getattr(parent, child), space, rng)
         setattr(parent, child, layer)
         layers[name] = layer
-    if not layers:
-        raise ValueError("inject_glora found no linear layer to adapt")
     return layers
 
 

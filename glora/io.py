@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -62,12 +61,19 @@ def tensors_metadata(path) -> dict[str, str]:
         raise UserError(f"{path}: not a readable safetensors file ({e}); re-create it") from None
 
 
+# PyYAML is imported where YAML is read or written (subnet files), so that the layer, injection,
+# merge and adapters files load with torch and safetensors alone.
+
 def save_yaml(path, data: Any) -> Path:
+    import yaml
+
     text = yaml.safe_dump(data, sort_keys=False)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def load_yaml(path) -> Any:
+    import yaml
+
     try:
         return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:

@@ -16,6 +16,9 @@ _KINDS = {
     "E": ("vector", "scalar", "none"),
 }
 _HAS_LORA = ("A", "B", "C")
+# Tensors that end up in the bias b' = b + b⊙D + E + W·C: a layer without bias has none of them, so
+# that its merged form is the same bias-free nn.Linear the plain model holds (e.g. Swin's downsample).
+BIAS_TENSORS = ("C", "D", "E")
 
 
 def parse_choice(choice: str) -> tuple[str, int]:
@@ -62,8 +65,8 @@ class SearchSpace:
         return f"SearchSpace(ranks={self.ranks})"
 
     def layer_choices(self, has_bias: bool = True) -> dict[str, list[str]]:
-        """Choices for one layer; a layer without bias has nothing for D to scale."""
-        return {t: (c if has_bias or t != "D" else ["none"]) for t, c in self.choices.items()}
+        """Choices for one layer; a layer without bias takes none of the bias tensors C, D, E."""
+        return {t: (c if has_bias or t not in BIAS_TENSORS else ["none"]) for t, c in self.choices.items()}
 
     def sample(self, rng: random.Random, has_bias: bool = True) -> LayerConfig:
         """Draw each tensor uniformly and independently from its choices."""
@@ -73,6 +76,7 @@ class SearchSpace:
         """Return `cfg` as a plain dict in tensor order, or raise ValueError naming the valid choices.
 
         D scales the bias: on a layer without bias it computes nothing, so it comes back "none".
+        C and E would give such a layer a bias that its plain (merged) form cannot hold: refused.
         """
         if not isinstance(cfg, Mapping):
             raise ValueError(f"{where}: a layer config maps A..E to choices, got {cfg!r}")
@@ -89,6 +93,10 @@ class SearchSpace:
         out = {t: str(cfg[t]) for t in TENSORS}
         if not has_bias:
             out["D"] = "none"
+            extra = [f"{t}={out[t]}" for t in ("C", "E") if out[t] != "none"]
+            if extra:
+                raise ValueError(f"{where} has no bias, so {' and '.join(extra)} could not be merged into it "
+                                 "(its plain form has no bias to hold them); use none there")
         return out
 
     def count(self, cfg: Mapping[str, str], in_features: int, out_features: int) -> int:

@@ -13,6 +13,7 @@ from engine.loops import evaluate, split_batches  # noqa: E402
 from engine.experiment import build_model, eval_tensors, load_data, train_loader  # noqa: E402
 from glora.inject import head_params, mark_trainable  # noqa: E402
 from glora.io import save_json  # noqa: E402
+from glora.model import count_params  # noqa: E402
 from engine.run import Stage, cli, log  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 
@@ -34,7 +35,9 @@ def main(args):
         return stage.close()
     acc = evaluate(model, split_batches(test_x, test_y, cfg["data"]["eval_batch_size"]), device, cfg["train"]["amp"])
     save_json(stage.dir / "results.json", {"task": cfg["data"]["task"], "test_acc": acc,
-                                           "head_params": head_params(model), "epochs": trainer.epochs})
+                                           "head_params": head_params(model),
+                                           "trainable_params": count_params(model, trainable_only=True),
+                                           "epochs": trainer.epochs})
     log.info("linear probe: test acc1 %.2f", acc)
     stage.close()
 

@@ -1,7 +1,8 @@
 """Collect `retrain/results.json` files under a folder into a results table (Markdown + CSV).
 
 Per task: test accuracy (unmerged and merged), adapter and head parameters; then the mean of
-each VTAB-1k group (natural, specialized, structured) and the mean of the three group means.
+each VTAB-1k group (natural, specialized, structured) and the mean of the three group means;
+figures of accuracy per task per method and of accuracy against trainable parameters.
 Usage: python scripts/summarize.py OUTPUTS [--baseline linear_probe]
 """
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.registry import GROUPS, get_task  # noqa: E402
+from engine.figures import draw_summary  # noqa: E402
 
 
 def collect(folder: Path, baseline: str | None) -> list[dict]:
@@ -32,6 +34,19 @@ def collect(folder: Path, baseline: str | None) -> list[dict]:
             row[f"{baseline}_acc"] = json.loads(b.read_text())["test_acc"] if b.is_file() else None
         rows.append(row)
     return rows
+
+
+def figure_rows(rows: list[dict], baseline: str | None) -> list[dict]:
+    """One row per run and method (task, method, test_acc, params: trainable parameters) for the figures."""
+    out = [{"task": r["task"], "method": "GLoRA", "test_acc": r["test_acc"],
+            "params": r["adapter_params"] + r["head_params"]} for r in rows]
+    for r in rows if baseline else ():
+        b = Path(r["run"]) / baseline / "results.json"
+        if b.is_file():
+            res = json.loads(b.read_text())
+            out.append({"task": r["task"], "method": baseline, "test_acc": res["test_acc"],
+                        "params": res["trainable_params"]})
+    return out
 
 
 def group_means(rows: list[dict]) -> dict[str, tuple[float, int]]:
@@ -76,8 +91,12 @@ def main() -> int:
     writer.writerows(rows)
     (args.folder / "results.md").write_text(text)
     (args.folder / "results.csv").write_text(buf.getvalue())
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(args.folder / "tb_summary"), purge_step=0) as writer:
+        figures = draw_summary(args.folder, figure_rows(rows, args.baseline), writer)
     print(text, end="")
-    print(f"(written to {args.folder / 'results.md'} and results.csv)")
+    print(f"(written to {args.folder / 'results.md'}, results.csv, {', '.join(f.name for f in figures)})")
     return 0
 
 

@@ -242,17 +242,22 @@ def test_an_unfrozen_weight_still_gets_its_gradient():
     torch.testing.assert_close(g, layer.weight.grad)
 
 
-def test_D_on_a_layer_without_bias_computes_nothing():
+def test_a_layer_without_bias_takes_no_bias_tensors():
     layer = make_layer((4,), bias=False)
     x = torch.randn(3, layer.in_features, dtype=torch.float64)
     P = {k: v.detach() for k, v in layer.adapter_parameters().items()}
-    for d in ("vector", "scalar", "none"):
-        cfg = {"A": "vector", "B": "lora_4", "C": "vector", "D": d, "E": "scalar"}
+    for d in ("vector", "scalar", "none"):  # b⊙D = 0: any D there computes nothing
+        cfg = {"A": "vector", "B": "lora_4", "C": "none", "D": d, "E": "none"}
         layer.set_config(cfg)
         assert layer.config["D"] == "none"
         W2, b2 = paper_equation(layer.weight.detach(), None, P, cfg)
         torch.testing.assert_close(layer(x), x @ W2.T + b2, rtol=0, atol=1e-10)
         assert layer.adapter_params() == layer.space.count({**cfg, "D": "none"}, 9, 6)
+        assert layer.to_linear().bias is None  # the same bias-free nn.Linear as the plain model's
+    # C and E would need a bias to merge into: refused, naming the layer
+    for cfg in ({**cfg, "C": "vector"}, {**cfg, "E": "scalar"}):
+        with pytest.raises(ValueError, match="blocks.3.fc has no bias"):
+            layer.set_config(cfg, where="blocks.3.fc")
 
 
 def test_compacted_storage_is_row_major():

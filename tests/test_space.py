@@ -12,7 +12,8 @@ def test_choices_of_the_paper():
     assert s.choices["C"] == ["lora_4", "lora_8", "vector", "none"]
     assert s.choices["D"] == s.choices["E"] == ["vector", "scalar", "none"]
     assert s.max_rank == 8
-    assert s.layer_choices(has_bias=False)["D"] == ["none"]
+    no_bias = s.layer_choices(has_bias=False)
+    assert no_bias["C"] == no_bias["D"] == no_bias["E"] == ["none"] and no_bias["A"] == s.choices["A"]
 
 
 def test_sampling_is_seeded_and_reaches_every_choice():
@@ -26,7 +27,7 @@ def test_sampling_is_seeded_and_reaches_every_choice():
         for t, c in s.sample(rng).items():
             seen[t].add(c)
     assert all(seen[t] == set(s.choices[t]) for t in TENSORS)
-    assert {s.sample(rng, has_bias=False)["D"] for _ in range(50)} == {"none"}
+    assert {s.sample(rng, has_bias=False)[t] for _ in range(50) for t in "CDE"} == {"none"}
 
 
 def test_validation_names_the_valid_choices():
@@ -39,8 +40,10 @@ def test_validation_names_the_valid_choices():
         s.validate({**good, "F": "none"})
     with pytest.raises(ValueError, match="missing \\['E'\\]"):
         s.validate({k: v for k, v in good.items() if k != "E"})
-    # a layer without bias has nothing for D to scale: any D there is "none"
-    assert s.validate(good, has_bias=False) == {**good, "D": "none"}
+    # a layer without bias has nothing for D to scale: any D there is "none"; C or E it cannot hold
+    assert s.validate({**good, "E": "none"}, has_bias=False) == {**good, "D": "none", "E": "none"}
+    with pytest.raises(ValueError, match="qkv has no bias, so E=vector could not be merged"):
+        s.validate(good, has_bias=False, where="qkv")
     with pytest.raises(ValueError, match="positive"):
         SearchSpace(())
 
@@ -58,4 +61,4 @@ def test_closed_form_counts():
     s = SearchSpace((4, 8))
     lo, hi = s.bounds(i, o)
     assert lo == 0 and hi == 2 * 8 * (i + o) + 8 * (i + 1) + 2 * o
-    assert s.bounds(i, o, has_bias=False)[1] == hi - o
+    assert s.bounds(i, o, has_bias=False)[1] == hi - 8 * (i + 1) - 2 * o  # no C, D, E

@@ -9,7 +9,9 @@ import pytest
 import timm
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data import build_demo
 from engine.run import parse_args
@@ -71,7 +73,7 @@ def kill_after_first_checkpoint(monkeypatch):
     monkeypatch.setattr(engine.trainer, "save_checkpoint", save_then_die)
 
 
-def test_pipeline_end_to_end(config, tmp_path):
+def test_pipeline_end_to_end(config, tmp_path, demo_root):
     run("train", config)
     run("search", config)
     run("retrain", config)
@@ -93,11 +95,29 @@ def test_pipeline_end_to_end(config, tmp_path):
     model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=2,
                               embed_dim=48, num_heads=3, checkpoint_path=str(out / "retrain" / "merged.safetensors"))
     assert model.head.out_features == 10
+    # so is the hub folder, with no other input: its own preprocessing on the test images gives the test accuracy
+    assert hub_test_accuracy(out / "retrain" / "hub", demo_root / "digits") == results["test_acc"]
+    for figure in ("search/candidates.png", "search/subnet.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG", figure
+    events = EventAccumulator(str(out / "search" / "tb")).Reload()
+    assert {"search/candidates", "search/subnet"} <= set(events.Tags()["images"])
 
     summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(out)],
                              capture_output=True, text=True)
     assert summary.returncode == 0 and "| digits | own |" in summary.stdout
-    assert (out / "results.md").is_file() and (out / "results.csv").is_file()
+    for f in ("results.md", "results.csv", "accuracy_per_task.png", "accuracy_vs_params.png"):
+        assert (out / f).is_file(), f
+
+
+def hub_test_accuracy(folder, task_root):
+    """Top-1 accuracy (%) of the exported folder on a task's test list, loaded and preprocessed by timm alone."""
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    lines = [line.split() for line in (task_root / "test.txt").read_text().splitlines()]
+    x = torch.stack([transform(Image.open(task_root / path).convert("RGB")) for path, _ in lines])
+    with torch.no_grad():
+        predicted = model(x).argmax(-1)
+    return 100.0 * (predicted == torch.tensor([int(label) for _, label in lines])).sum().item() / len(lines)
 
 
 def test_supernet_resume_equals_uninterrupted(config, tmp_path, monkeypatch):
