@@ -34,7 +34,7 @@ def test_the_method_imports_torch_and_safetensors_only():
 
 def test_the_wheel_holds_glora_only(tmp_path):
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "outputs", "datasets", "build", "dist", "*.egg-info",
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "outputs", "runs", "datasets", "demo_data", "build", "dist", "*.egg-info",
                                                              "__pycache__", "*.safetensors", "*.npz", "*.pth", "*.pt"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                         "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
