@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.registry import GROUPS, get_task  # noqa: E402
 from engine.figures import draw_summary  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 
 def collect(folder: Path, baseline: str | None) -> list[dict]:
@@ -91,10 +92,8 @@ def main() -> int:
     writer.writerows(rows)
     (args.folder / "results.md").write_text(text)
     (args.folder / "results.csv").write_text(buf.getvalue())
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(args.folder / "tb_summary"), purge_step=0) as writer:
-        figures = draw_summary(args.folder, figure_rows(rows, args.baseline), writer)
+    with SummaryWriter(str(args.folder / "tb_summary"), purge_step=0) as tb:
+        figures = draw_summary(args.folder, figure_rows(rows, args.baseline), tb)
     print(text, end="")
     print(f"(written to {args.folder / 'results.md'}, results.csv, {', '.join(f.name for f in figures)})")
     return 0
