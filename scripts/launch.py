@@ -1,0 +1,434 @@
+"""Run a grid of experiments (configs × tasks × seeds), one submitit job per cell, on SLURM or here.
+
+Each cell runs train.py, search.py and retrain.py into `<grid>/<task>/seed<k>/`, or into
+`<grid>/<config>/<task>/seed<k>/` when the grid has a config axis. A stage whose final output
+exists is skipped; one that started before runs again with --resume. `--executor slurm` submits
+the cells as one job array (a job stopped before its time limit or preempted is requeued and
+resumes); `--executor local` runs them here, one job per GPU or CPU slot at a time. Launching a
+grid again runs only what is unfinished; every launch ends by writing the grid's results table.
+
+    python scripts/launch.py --name seeds --tasks dtd cifar --seeds 0 1 2 --set data.root=/data/vtab-1k
+    python scripts/launch.py grid.yaml --executor slurm --partition gpu --time 600
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import submitit
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from data.registry import GROUPS, TASKS  # noqa: E402
+from glora.errors import UserError  # noqa: E402
+
+# A stage that exits with this status stopped at a checkpoint on request and continues with
+# --resume (EX_TEMPFAIL of sysexits.h); any other non-zero status fails the cell.
+STOPPED_RESUMABLE = 75
+STOP_SIGNAL = signal.SIGTERM  # how a job asks its running stage to checkpoint and stop
+STOP_GRACE_S = 60  # then the stage is killed; below submitit's 90 s between SLURM's warning and the kill
+GRID_KEYS = ("name", "output", "tasks", "seeds", "configs", "set")
+GRID_SETS = ("output", "seed", "data.task")  # keys each cell sets itself
+NAME = re.compile(r"[\w.-]+")
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+class StageSpec(NamedTuple):
+    name: str  # also its output folder
+    script: str
+    done: str  # written last: the stage is complete when it exists
+    torchrun: bool  # runs on all the job's GPUs under torchrun when it has several
+
+
+STAGES = (
+    StageSpec("supernet", "train.py", "summary.json", True),
+    StageSpec("search", "search.py", "summary.json", False),
+    StageSpec("retrain", "retrain.py", "results.json", True),
+)
+
+
+class Cell(submitit.helpers.Checkpointable):
+    """One grid cell as a job: runs its unfinished stages; submitit requeues it when SLURM stops it.
+
+    Returns {"status": "done"}, or "stopped" / "failed" with the stage, its exit status and the log.
+    """
+
+    def __init__(self, name: str, folder: Path, config: str | None, overrides: list[str], *, gpus: int = 0,
+                 threads: int | None = None, stages: tuple[StageSpec, ...] = STAGES):
+        self.name, self.folder, self.config, self.overrides = name, folder, config, overrides
+        self.gpus, self.threads, self.stages = gpus, threads, stages
+        self.python, self.cwd = sys.executable, os.getcwd()
+        self.log = folder / "launch.log"  # every stage's console output
+        self._running = None  # (process, exited event) of the stage running now
+
+    def done(self) -> bool:
+        return all(self.complete(s) for s in self.stages)
+
+    def complete(self, stage: StageSpec) -> bool:
+        return (self.folder / stage.name / stage.done).is_file()
+
+    def command(self, stage: StageSpec) -> list[str]:
+        cmd = [self.python]
+        if stage.torchrun and self.gpus > 1:
+            cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.gpus}"]
+        cmd += [str(ROOT / stage.script)] + ([self.config] if self.config else [])
+        cmd += [arg for o in self.overrides for arg in ("--set", o)]
+        return cmd + ["--resume"] * (self.folder / stage.name).is_dir()  # started before: continue it
+
+    def __call__(self) -> dict:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stage in self.stages:
+            if self.complete(stage):
+                continue
+            code = self._run(self.command(stage))
+            if code != 0:
+                status = "stopped" if code == STOPPED_RESUMABLE else "failed"
+                return {"status": status, "stage": stage.name, "returncode": code, "log": str(self.log)}
+        return {"status": "done"}
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """submitit calls this on SLURM's timeout or preemption signal: stop the stage, requeue this cell."""
+        self._stop()
+        return super().checkpoint()
+
+    def _run(self, cmd: list[str]) -> int:
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}))
+        with open(self.log, "a") as log:
+            log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # A thread reaps the stage; this one waits on an event, which a signal handler may also wait on.
+        exited = threading.Event()
+        self._running = (proc, exited)
+        threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
+        try:
+            exited.wait()
+        finally:
+            self._stop()  # a signal or Ctrl-C ended the wait: the stage stops before this job does
+        return proc.returncode
+
+    def _stop(self) -> None:
+        """Ask the running stage to checkpoint and stop, and wait until it has (killed after STOP_GRACE_S)."""
+        running, self._running = self._running, None
+        if running is None or running[1].is_set():
+            return
+        proc, exited = running
+        proc.send_signal(STOP_SIGNAL)
+        if not exited.wait(STOP_GRACE_S):
+            proc.kill()
+            exited.wait()
+
+
+# ---------------------------------------------------------------- the grid
+
+
+class Config(NamedTuple):
+    """One value of the config axis: an experiment YAML and/or overrides."""
+    name: str
+    file: str | None
+    overrides: tuple[str, ...]
+
+
+def load_grid(args: argparse.Namespace) -> tuple[Path, list[Config | None], list[str], list[int], list[str]]:
+    """(grid folder, configs, tasks, seeds, overrides for every cell) from the grid YAML and the command line."""
+    spec: dict = {}
+    if args.grid:
+        path = Path(args.grid)
+        if not path.is_file():
+            raise UserError(f"{path}: no such grid file")
+        spec = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(spec, dict) or set(spec) - set(GRID_KEYS):
+            raise UserError(f"{path}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}; "
+                            f"got {sorted(spec) if isinstance(spec, dict) else type(spec).__name__}")
+    where = args.grid or "command line"
+    name = args.name or spec.get("name") or (Path(args.grid).stem if args.grid else None)
+    if not name and not args.output:
+        raise UserError("name the grid with --name NAME (its folder: outputs/NAME) or --output FOLDER, or give a grid YAML")
+    output = Path(args.output or spec.get("output") or Path("outputs") / _name(name, "grid name", where)).resolve()
+    tasks = [t for task in args.tasks or _list(spec, "tasks", str, where) for t in expand_task(_name(task, "task", where))]
+    if not tasks:
+        raise UserError(f"{where}: no tasks; give --tasks (VTAB-1k names, natural/specialized/structured, vtab, or your own)")
+    seeds = args.seeds or _list(spec, "seeds", int, where) or [0]
+    if args.configs:
+        configs = [Config(_name(Path(f).stem, "config name", where), _file(f, where), ()) for f in args.configs]
+    else:
+        configs = [_config(n, c, where) for n, c in (spec.get("configs") or {}).items()]
+    if len({c.name for c in configs}) < len(configs):
+        raise UserError(f"{where}: two configs share the name {[c.name for c in configs]}; give them distinct names")
+    overrides = _list(spec, "set", str, where) + args.set
+    for item in [o for c in configs for o in c.overrides] + overrides:
+        if item.partition("=")[0].strip() in GRID_SETS:
+            raise UserError(f"{where}: --set {item}: the grid sets {', '.join(GRID_SETS)} of every cell itself "
+                            "(use --tasks, --seeds, --output)")
+    return output, configs or [None], list(dict.fromkeys(tasks)), list(dict.fromkeys(seeds)), overrides
+
+
+def expand_task(name: str) -> list[str]:
+    """`vtab`: the 19 VTAB-1k tasks; a group name: its tasks; anything else: that task."""
+    return list(TASKS) if name == "vtab" else list(GROUPS.get(name, [name]))
+
+
+def _name(value, what: str, where: str) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise UserError(f"{where}: {what} {value!r} is not a folder name (letters, digits, _ . -)")
+    return value
+
+
+def _list(spec: dict, key: str, kind: type, where: str) -> list:
+    value = spec.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise UserError(f"{where}: {key} should be a list of {kind.__name__}, got {value!r}")
+    return value
+
+
+def _file(path: str, where: str) -> str:
+    if not Path(path).is_file():
+        raise UserError(f"{where}: no experiment config {path}")
+    return str(Path(path).resolve())
+
+
+def _config(name, value, where: str) -> Config:
+    if not isinstance(value, dict) or not value or set(value) - {"file", "set"}:
+        raise UserError(f"{where}: configs.{name} should be a mapping with file: and/or set: [key=value, ...]")
+    return Config(_name(name, "config name", where), value.get("file") and _file(value["file"], where),
+                  tuple(_list(value, "set", str, f"{where}: configs.{name}")))
+
+
+def make_cells(output: Path, configs: list[Config | None], tasks: list[str], seeds: list[int], overrides: list[str],
+               gpus: int, threads: int | None) -> list[Cell]:
+    cells = []
+    for config in configs:
+        for task in tasks:
+            for seed in seeds:
+                rel = Path(*([config.name] if config else []), task, f"seed{seed}")
+                folder = output / rel
+                cell_set = [*overrides, *(config.overrides if config else ()), f"data.task={task}",
+                            f"output={folder}", f"seed={seed}"]
+                cells.append(Cell(str(rel), folder, config and config.file, cell_set, gpus=gpus, threads=threads))
+    return cells
+
+
+def check_configs(cells: list[Cell]) -> None:
+    """Resolve every cell's config now, so that a wrong key fails here rather than in every job."""
+    from engine.config import load_config
+
+    for cell in cells:
+        try:
+            load_config(cell.config, cell.overrides)
+        except UserError as e:
+            raise UserError(f"cell {cell.name}: {e}") from None
+
+
+# ---------------------------------------------------------------- executors
+
+
+def visible_gpus() -> list[int]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    try:
+        return [int(g) for g in env.split(",") if g.strip()]
+    except ValueError:
+        raise UserError(f"CUDA_VISIBLE_DEVICES={env}: the local executor needs GPU indices, e.g. 0,1") from None
+
+
+def local_slots(gpus: list[int], gpus_per_job: int, slots: int | None) -> list[tuple[int, ...]]:
+    """The GPUs of each local job slot: disjoint groups of `gpus_per_job` GPUs, or CPU slots (no GPU)."""
+    if gpus_per_job == 0:
+        return [()] * (slots or 1)
+    groups = [tuple(gpus[i:i + gpus_per_job]) for i in range(0, len(gpus) - gpus_per_job + 1, gpus_per_job)]
+    if not groups or (slots or 0) > len(groups):
+        raise UserError(f"{slots or 1} job(s) × {gpus_per_job} GPU(s) but {len(gpus)} GPU(s) visible here; "
+                        "lower --slots or --gpus-per-job (0: CPU only)")
+    return groups[:slots] if slots else groups
+
+
+def run_local(cells: list[Cell], slots: list[tuple[int, ...]], folder: Path, timeout_min: int) -> list[dict]:
+    """Run the cells here, one job per slot at a time; returns their outcomes (Ctrl-C cancels every job)."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for gpus in slots:
+        executor = submitit.LocalExecutor(folder)
+        executor.update_parameters(timeout_min=timeout_min, gpus_per_node=len(gpus), visible_gpus=gpus)
+        free.put(executor)
+    jobs = []
+
+    def run(cell: Cell) -> dict:
+        executor = free.get()
+        try:
+            job = executor.submit(cell)
+            jobs.append(job)
+            record(cell, "local", job)
+            return outcome(job)
+        finally:
+            free.put(executor)
+
+    pool = ThreadPoolExecutor(len(slots))
+    try:
+        return list(pool.map(run, cells))
+    except KeyboardInterrupt:
+        for job in jobs:
+            job.cancel(check=False)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def submit_slurm(cells: list[Cell], args: argparse.Namespace, name: str, folder: Path) -> list:
+    """Submit the cells as one SLURM job array; returns the jobs (this does not wait for them)."""
+    if shutil.which("srun") is None:
+        raise UserError("--executor slurm: no SLURM here (srun not found); use --executor local")
+    executor = submitit.AutoExecutor(folder, cluster="slurm")
+    params = {"name": name, "timeout_min": args.time, "gpus_per_node": args.gpus_per_job, "tasks_per_node": 1,
+              "cpus_per_task": args.cpus_per_job, "slurm_partition": args.partition, "slurm_account": args.account,
+              "slurm_array_parallelism": args.array_parallelism}
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    jobs = executor.submit_array(cells)
+    for cell, job in zip(cells, jobs):
+        record(cell, "slurm", job)
+    return jobs
+
+
+def record(cell: Cell, executor: str, job) -> None:
+    """`<cell>/job.json`: which job runs the cell and where submitit keeps its logs."""
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    (cell.folder / "job.json").write_text(json.dumps(
+        {"executor": executor, "job_id": job.job_id, "submitit_folder": str(job.paths.folder)}) + "\n")
+
+
+def on_slurm(cells: list[Cell]) -> set[str]:
+    """The cells whose last SLURM job is still pending or running (one sacct call for all of them)."""
+    records = {c.name: json.loads((c.folder / "job.json").read_text()) for c in cells if (c.folder / "job.json").is_file()}
+    jobs = {n: submitit.SlurmJob(r["submitit_folder"], r["job_id"]) for n, r in records.items() if r["executor"] == "slurm"}
+    return {n for n, job in jobs.items() if job.state.split(" ")[0] in SLURM_ACTIVE}
+
+
+def outcome(job) -> dict:
+    try:
+        return job.result()
+    except Exception as e:  # the job itself died (killed, out of memory): its cell is unfinished
+        return {"status": "failed", "stage": None, "returncode": None, "error": str(e).strip().splitlines()[0]}
+
+
+def report(cell: Cell, result: dict) -> str:
+    if result["status"] == "done":
+        return f"{cell.name}: done"
+    if result["stage"] is None:
+        return f"{cell.name}: job failed ({result['error']}); launch the grid again to resume it"
+    where = f"{cell.name}: {result['status']} in {result['stage']} (exit {result['returncode']})"
+    if result["status"] == "stopped":
+        return f"{where}; launch the grid again to resume it"
+    lines = [line for line in Path(result["log"]).read_text(errors="replace").splitlines() if line.strip()]
+    return f"{where}: {lines[-1].strip() if lines else ''} [log: {result['log']}]"
+
+
+# ---------------------------------------------------------------- command line
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", nargs="?", help="a grid YAML (keys: " + ", ".join(GRID_KEYS) + "); the options below override it")
+    p.add_argument("--name", help="grid name (default: the grid file's name); its folder is outputs/NAME")
+    p.add_argument("--output", help="grid folder (default: outputs/NAME)")
+    p.add_argument("--tasks", nargs="+", help="task names; vtab = all 19, natural/specialized/structured = a group")
+    p.add_argument("--seeds", nargs="+", type=int, help="default: 0")
+    p.add_argument("--configs", nargs="+", help="experiment YAMLs: a config axis named by the file names")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell (repeatable)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--gpus-per-job", type=int, help="default: 1 on SLURM or where GPUs are visible, else 0")
+    p.add_argument("--cpus-per-job", type=int, help="SLURM cpus-per-task, and each job's OMP_NUM_THREADS "
+                   "(local default: the CPUs shared among the slots)")
+    p.add_argument("--time", type=int, default=24 * 60, help="minutes per job before it is stopped and requeued")
+    p.add_argument("--dry-run", action="store_true", help="print each cell's state and next command; run nothing")
+    local = p.add_argument_group("local executor")
+    local.add_argument("--slots", type=int, help="jobs at once (default: one per GPU group, or 1)")
+    slurm = p.add_argument_group("slurm executor")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--array-parallelism", type=int, help="cells running at once (default: all)")
+    args = p.parse_args(argv)
+    for opt in ("gpus_per_job", "cpus_per_job", "time", "slots", "array_parallelism"):
+        value = getattr(args, opt)
+        if value is not None and value < (0 if opt == "gpus_per_job" else 1):
+            raise UserError(f"--{opt.replace('_', '-')} {value}: must be at least {0 if opt == 'gpus_per_job' else 1}")
+    wrong = ("slots",) if args.executor == "slurm" else ("partition", "account", "array_parallelism")
+    for opt in wrong:
+        if getattr(args, opt) is not None:
+            raise UserError(f"--{opt.replace('_', '-')} is an option of the other executor, not --executor {args.executor}")
+    return args
+
+
+def launch(args: argparse.Namespace) -> int:
+    output, configs, tasks, seeds, overrides = load_grid(args)
+    if args.executor == "slurm":
+        args.gpus_per_job = 1 if args.gpus_per_job is None else args.gpus_per_job
+        slots, threads = [], args.cpus_per_job
+    else:
+        gpus = visible_gpus() if args.gpus_per_job != 0 else []
+        args.gpus_per_job = (1 if gpus else 0) if args.gpus_per_job is None else args.gpus_per_job
+        slots = local_slots(gpus, args.gpus_per_job, args.slots)
+        threads = args.cpus_per_job or max(1, (os.cpu_count() or 1) // len(slots))
+    cells = make_cells(output, configs, tasks, seeds, overrides, args.gpus_per_job, threads)
+    check_configs(cells)
+    todo = [c for c in cells if not c.done()]
+    running = on_slurm(todo)
+    todo = [c for c in todo if c.name not in running]
+    print(f"grid {output}: {len(cells)} cells, {len(cells) - len(todo) - len(running)} done, "
+          f"{len(running)} running on SLURM ({', '.join(sorted(running)) or '-'}), {len(todo)} to run")
+    if args.dry_run:
+        for cell in todo:
+            stage = next(s for s in cell.stages if not cell.complete(s))
+            print(f"{cell.name}: next {' '.join(cell.command(stage))}")
+        return 0
+    failed = False
+    submitit_folder = output / ".submitit" / "%j"
+    if todo and args.executor == "slurm":
+        jobs = submit_slurm(todo, args, output.name, submitit_folder)
+        print(f"submitted {len(jobs)} cells as SLURM job array {jobs[0].job_id.split('_')[0]} "
+              f"(logs: {output / '.submitit'}); launch again to see progress and resume what stopped")
+    elif todo:
+        print(f"running {len(todo)} cells, {len(slots)} at a time" + (f" (GPUs {slots})" if args.gpus_per_job else ""))
+        results = run_local(todo, slots, submitit_folder, args.time)
+        for cell, result in zip(todo, results):
+            print(report(cell, result))
+        failed = any(r["status"] != "done" for r in results)
+    import summarize
+
+    summary = summarize.write_summary(output)
+    if summary:
+        text, files = summary
+        print(f"\n{text}(written to {output}: {', '.join(f.name for f in files)})")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return launch(parse_args(argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
