@@ -1,13 +1,15 @@
 """Run a grid of experiments (configs × tasks × seeds), one submitit job per cell, on SLURM or here.
 
-Each cell runs train.py, search.py and retrain.py into `<grid>/<task>/seed<k>/`, or into
-`<grid>/<config>/<task>/seed<k>/` when the grid has a config axis. A stage whose final output
+Each cell runs train.py, search.py and retrain.py with the grid's experiment YAML into
+`<grid>/<task>/seed<k>/`, or with its config into `<grid>/<config>/<task>/seed<k>/` when the grid
+has a config axis (experiment YAMLs and/or overrides). A stage whose final output
 exists is skipped; one that started before runs again with --resume. `--executor slurm` submits
 the cells as one job array (a job stopped before its time limit or preempted is requeued and
 resumes); `--executor local` runs them here, one job per GPU or CPU slot at a time. Launching a
 grid again runs only what is unfinished; every launch ends by writing the grid's results table.
 
     python scripts/launch.py --name seeds --tasks dtd cifar --seeds 0 1 2 --set data.root=/data/vtab-1k
+    python scripts/launch.py --name demo --experiment configs/demo.yaml --tasks digits --seeds 0 1
     python scripts/launch.py grid.yaml --executor slurm --partition gpu --time 600
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from glora.errors import UserError  # noqa: E402
 STOPPED_RESUMABLE = 75
 STOP_SIGNAL = signal.SIGTERM  # how a job asks its running stage to checkpoint and stop
 STOP_GRACE_S = 60  # then the stage is killed; below submitit's 90 s between SLURM's warning and the kill
-GRID_KEYS = ("name", "output", "tasks", "seeds", "configs", "set")
+GRID_KEYS = ("name", "output", "experiment", "tasks", "seeds", "configs", "set")
 GRID_SETS = ("output", "seed", "data.task")  # keys each cell sets itself
 NAME = re.compile(r"[\w.-]+")
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -144,8 +146,17 @@ class Config(NamedTuple):
     overrides: tuple[str, ...]
 
 
-def load_grid(args: argparse.Namespace) -> tuple[Path, list[Config | None], list[str], list[int], list[str]]:
-    """(grid folder, configs, tasks, seeds, overrides for every cell) from the grid YAML and the command line."""
+class Grid(NamedTuple):
+    output: Path
+    experiment: str | None  # the YAML of every cell whose config names none (None: configs/defaults.yaml)
+    configs: list[Config | None]  # [None]: no config axis
+    tasks: list[str]
+    seeds: list[int]
+    overrides: list[str]  # for every cell
+
+
+def load_grid(args: argparse.Namespace) -> Grid:
+    """The grid of the grid YAML, with the command line's options in place of the file's."""
     spec: dict = {}
     if args.grid:
         path = Path(args.grid)
@@ -164,6 +175,7 @@ def load_grid(args: argparse.Namespace) -> tuple[Path, list[Config | None], list
     if not tasks:
         raise UserError(f"{where}: no tasks; give --tasks (VTAB-1k names, natural/specialized/structured, vtab, or your own)")
     seeds = args.seeds or _list(spec, "seeds", int, where) or [0]
+    experiment = args.experiment or spec.get("experiment")
     if args.configs:
         configs = [Config(_name(Path(f).stem, "config name", where), _file(f, where), ()) for f in args.configs]
     else:
@@ -175,7 +187,8 @@ def load_grid(args: argparse.Namespace) -> tuple[Path, list[Config | None], list
         if item.partition("=")[0].strip() in GRID_SETS:
             raise UserError(f"{where}: --set {item}: the grid sets {', '.join(GRID_SETS)} of every cell itself "
                             "(use --tasks, --seeds, --output)")
-    return output, configs or [None], list(dict.fromkeys(tasks)), list(dict.fromkeys(seeds)), overrides
+    return Grid(output, experiment and _file(experiment, where), configs or [None], list(dict.fromkeys(tasks)),
+                list(dict.fromkeys(seeds)), overrides)
 
 
 def expand_task(name: str) -> list[str]:
@@ -209,17 +222,17 @@ def _config(name, value, where: str) -> Config:
                   tuple(_list(value, "set", str, f"{where}: configs.{name}")))
 
 
-def make_cells(output: Path, configs: list[Config | None], tasks: list[str], seeds: list[int], overrides: list[str],
-               gpus: int, threads: int | None) -> list[Cell]:
+def make_cells(grid: Grid, gpus: int, threads: int | None) -> list[Cell]:
     cells = []
-    for config in configs:
-        for task in tasks:
-            for seed in seeds:
+    for config in grid.configs:
+        for task in grid.tasks:
+            for seed in grid.seeds:
                 rel = Path(*([config.name] if config else []), task, f"seed{seed}")
-                folder = output / rel
-                cell_set = [*overrides, *(config.overrides if config else ()), f"data.task={task}",
-                            f"output={folder}", f"seed={seed}"]
-                cells.append(Cell(str(rel), folder, config and config.file, cell_set, gpus=gpus, threads=threads))
+                folder = grid.output / rel
+                overrides = [*grid.overrides, *(config.overrides if config else ()), f"data.task={task}",
+                             f"output={folder}", f"seed={seed}"]
+                experiment = (config and config.file) or grid.experiment
+                cells.append(Cell(str(rel), folder, experiment, overrides, gpus=gpus, threads=threads))
     return cells
 
 
@@ -351,9 +364,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("grid", nargs="?", help="a grid YAML (keys: " + ", ".join(GRID_KEYS) + "); the options below override it")
     p.add_argument("--name", help="grid name (default: the grid file's name); its folder is outputs/NAME")
     p.add_argument("--output", help="grid folder (default: outputs/NAME)")
+    p.add_argument("--experiment", help="the experiment YAML of every cell (default: configs/defaults.yaml)")
     p.add_argument("--tasks", nargs="+", help="task names; vtab = all 19, natural/specialized/structured = a group")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0")
-    p.add_argument("--configs", nargs="+", help="experiment YAMLs: a config axis named by the file names")
+    p.add_argument("--configs", nargs="+", help="experiment YAMLs as a config axis, named by the file names")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell (repeatable)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--gpus-per-job", type=int, help="default: 1 on SLURM or where GPUs are visible, else 0")
@@ -380,7 +394,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def launch(args: argparse.Namespace) -> int:
-    output, configs, tasks, seeds, overrides = load_grid(args)
+    grid = load_grid(args)
     if args.executor == "slurm":
         args.gpus_per_job = 1 if args.gpus_per_job is None else args.gpus_per_job
         slots, threads = [], args.cpus_per_job
@@ -389,24 +403,24 @@ def launch(args: argparse.Namespace) -> int:
         args.gpus_per_job = (1 if gpus else 0) if args.gpus_per_job is None else args.gpus_per_job
         slots = local_slots(gpus, args.gpus_per_job, args.slots)
         threads = args.cpus_per_job or max(1, (os.cpu_count() or 1) // len(slots))
-    cells = make_cells(output, configs, tasks, seeds, overrides, args.gpus_per_job, threads)
-    check_configs(cells)
+    cells = make_cells(grid, args.gpus_per_job, threads)
     todo = [c for c in cells if not c.done()]
     running = on_slurm(todo)
     todo = [c for c in todo if c.name not in running]
-    print(f"grid {output}: {len(cells)} cells, {len(cells) - len(todo) - len(running)} done, "
-          f"{len(running)} running on SLURM ({', '.join(sorted(running)) or '-'}), {len(todo)} to run")
+    check_configs(todo)
+    print(f"grid {grid.output}: {len(cells)} cells, {len(cells) - len(todo) - len(running)} done, {len(todo)} to run"
+          + (f", {len(running)} still on SLURM: {', '.join(sorted(running))}" if running else ""))
     if args.dry_run:
         for cell in todo:
             stage = next(s for s in cell.stages if not cell.complete(s))
             print(f"{cell.name}: next {' '.join(cell.command(stage))}")
         return 0
     failed = False
-    submitit_folder = output / ".submitit" / "%j"
+    submitit_folder = grid.output / ".submitit" / "%j"
     if todo and args.executor == "slurm":
-        jobs = submit_slurm(todo, args, output.name, submitit_folder)
+        jobs = submit_slurm(todo, args, grid.output.name, submitit_folder)
         print(f"submitted {len(jobs)} cells as SLURM job array {jobs[0].job_id.split('_')[0]} "
-              f"(logs: {output / '.submitit'}); launch again to see progress and resume what stopped")
+              f"(logs: {grid.output / '.submitit'}); launch again to see progress and resume what stopped")
     elif todo:
         print(f"running {len(todo)} cells, {len(slots)} at a time" + (f" (GPUs {slots})" if args.gpus_per_job else ""))
         results = run_local(todo, slots, submitit_folder, args.time)
@@ -415,10 +429,10 @@ def launch(args: argparse.Namespace) -> int:
         failed = any(r["status"] != "done" for r in results)
     import summarize
 
-    summary = summarize.write_summary(output)
+    summary = summarize.write_summary(grid.output)
     if summary:
         text, files = summary
-        print(f"\n{text}(written to {output}: {', '.join(f.name for f in files)})")
+        print(f"\n{text}(written to {grid.output}: {', '.join(f.name for f in files)})")
     return 1 if failed else 0
 
 

@@ -1,0 +1,347 @@
+"""scripts/launch.py: grid cells, stage exit statuses, requeue through submitit, SLURM submission, bad input,
+and a 2-task × 2-seed grid of the three real stages through the local executor (interrupted twice)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import TINY
+from data import TASKS, build_demo
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = ROOT / "scripts" / "launch.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import launch  # noqa: E402
+
+cloudpickle.register_pickle_by_value(launch)  # as when launch.py runs as a script: jobs need not import it
+
+# A stand-in for a stage script: records each call, then behaves as MODE says. "wait" is a stage
+# that the reliability issue's handling will make of ours: on SIGTERM it checkpoints and exits 75.
+FAKE_STAGE = """
+import os, signal, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+folder = Path(next(a[len("output="):] for a in args if a.startswith("output="))) / Path(__file__).stem
+resume = "--resume" in args
+folder.mkdir(parents=True, exist_ok=True)
+with open(folder / "calls.txt", "a") as f:
+    f.write(("resume" if resume else "fresh") + "\\n")
+if MODE == "fail":
+    print("error: the fake stage failed; fix it", file=sys.stderr)
+    sys.exit(3)
+if MODE == "stop" and not resume:
+    sys.exit(75)
+if MODE == "wait" and not resume:
+    def stop(signum, frame):
+        (folder / "stopped").write_text(signal.Signals(signum).name)
+        sys.exit(75)
+    signal.signal(signal.SIGTERM, stop)
+    (folder / "job_pid").write_text(str(os.getppid()))
+    time.sleep(120)
+    sys.exit(1)
+(folder / "done").write_text("")
+"""
+
+
+def fake_stage(tmp_path, name, mode):
+    path = tmp_path / "stages" / f"{name}.py"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"MODE = {mode!r}\n{FAKE_STAGE}")
+    return launch.StageSpec(name, str(path), "done", False)
+
+
+def fake_cell(tmp_path, *stages):
+    folder = tmp_path / "cell"
+    return launch.Cell("cell", folder, None, [f"output={folder}"], stages=stages)
+
+
+def calls(cell, stage):
+    path = cell.folder / stage / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def wait_for(condition, timeout=300):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_statuses(tmp_path):
+    cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "stop"), fake_stage(tmp_path, "second", "ok"))
+    stopped = cell()
+    assert stopped == {"status": "stopped", "stage": "first", "returncode": launch.STOPPED_RESUMABLE, "log": str(cell.log)}
+    assert launch.report(cell, stopped) == "cell: stopped in first (exit 75); launch the grid again to resume it"
+    assert calls(cell, "first") == ["fresh"] and calls(cell, "second") == []
+    assert cell() == {"status": "done"}
+    assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]
+    assert cell.done() and cell() == {"status": "done"}
+    assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]  # nothing reran
+
+    failing = launch.Cell("bad", tmp_path / "bad", None, [f"output={tmp_path / 'bad'}"],
+                          stages=(fake_stage(tmp_path, "broken", "fail"),))
+    result = failing()
+    assert result["status"] == "failed" and result["returncode"] == 3
+    line = launch.report(failing, result)
+    assert line == f"bad: failed in broken (exit 3): error: the fake stage failed; fix it [log: {failing.log}]"
+
+
+def test_commands_resume_started_stages_and_use_torchrun_for_several_gpus(tmp_path):
+    cell = launch.Cell("c", tmp_path / "c", "/x/exp.yaml", ["seed=1"], gpus=2)
+    supernet, search, _ = launch.STAGES
+    assert cell.command(supernet)[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                            str(ROOT / "train.py")]
+    assert cell.command(search)[1:] == [str(ROOT / "search.py"), "/x/exp.yaml", "--set", "seed=1"]
+    (tmp_path / "c" / "search").mkdir(parents=True)
+    assert cell.command(search)[-1] == "--resume"
+
+
+def test_a_job_stopped_by_the_scheduler_stops_its_stage_is_requeued_and_resumes(tmp_path):
+    """SLURM signals a job (USR2 here) before its time limit or on preemption; submitit calls Cell.checkpoint."""
+    cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "wait"), fake_stage(tmp_path, "second", "ok"))
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(launch.run_local, [cell], [()], tmp_path / "submitit" / "%j", 10)
+        job_pid = cell.folder / "first" / "job_pid"
+        wait_for(job_pid.is_file, timeout=60)
+        os.kill(int(job_pid.read_text()), signal.SIGUSR2)
+        [result] = future.result(timeout=120)
+    assert result == {"status": "done"}
+    assert (cell.folder / "first" / "stopped").read_text() == "SIGTERM"  # the job asked its stage to stop
+    assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]
+    record = json.loads((cell.folder / "job.json").read_text())
+    log = Path(record["submitit_folder"]) / f"{record['job_id']}_0_log.out"
+    assert "Requeued job" in log.read_text()
+
+
+def test_local_slots():
+    assert launch.local_slots([0, 1, 2, 3], 1, None) == [(0,), (1,), (2,), (3,)]
+    assert launch.local_slots([2, 3, 5], 2, None) == [(2, 3)]
+    assert launch.local_slots([0, 1], 1, 1) == [(0,)]
+    assert launch.local_slots([], 0, 3) == [(), (), ()]
+    for gpus, per_job, slots in (([0], 2, None), ([0, 1], 1, 3)):
+        with pytest.raises(launch.UserError, match="GPU"):
+            launch.local_slots(gpus, per_job, slots)
+
+
+def test_task_names_expand():
+    assert launch.expand_task("vtab") == list(TASKS) and len(TASKS) == 19
+    assert launch.expand_task("specialized") == ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"]
+    assert launch.expand_task("my_task") == ["my_task"]
+
+
+def test_grid_file_with_a_config_axis(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big.yaml").write_text("train:\n  epochs: 7\n")
+    (tmp_path / "budgets.yaml").write_text(yaml.safe_dump({
+        "tasks": ["dtd"], "seeds": [0, 1], "set": ["train.lr=0.01"],
+        "configs": {"small": {"set": ["search.budget=[0,0.1]"]}, "big": {"file": "big.yaml"}}}))
+    assert launch.main(["budgets.yaml", "--seeds", "3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    grid = tmp_path / "outputs" / "budgets"  # named after the file; --seeds replaced the file's seeds
+    assert f"grid {grid}: 2 cells, 0 done, 2 to run" in out
+    assert (f"small/dtd/seed3: next {sys.executable} {ROOT / 'train.py'} --set train.lr=0.01 --set search.budget=[0,0.1] "
+            f"--set data.task=dtd --set output={grid / 'small' / 'dtd' / 'seed3'} --set seed=3") in out
+    assert f"big/dtd/seed3: next {sys.executable} {ROOT / 'train.py'} {tmp_path / 'big.yaml'} --set train.lr=0.01" in out
+    assert not grid.exists()  # a dry run writes nothing
+
+
+def fake_slurm(tmp_path, monkeypatch, states=""):
+    """srun, sbatch (keeps each script, answers job 4242) and sacct (answers `states`) on PATH."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    scripts = {"srun": "exit 0",
+               "sbatch": f'n=$(ls {tmp_path} | grep -c sbatch_); cp "$1" {tmp_path}/sbatch_$n.sh; echo "Submitted batch job 4242"',
+               "sacct": f"printf 'JobID|State|NodeList\\n{states}'"}
+    for name, body in scripts.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_gets_one_job_array_with_the_options_and_a_relaunch_skips_cells_still_queued(tmp_path, monkeypatch,
+                                                                                             capsys):
+    fake_slurm(tmp_path, monkeypatch)
+    argv = ["--output", str(tmp_path / "g"), "--tasks", "dtd", "cifar", "--seeds", "0", "1", "--executor", "slurm",
+            "--partition", "gpu", "--account", "lab", "--gpus-per-job", "2", "--cpus-per-job", "8", "--time", "90",
+            "--array-parallelism", "3"]
+    assert launch.main(argv) == 0
+    assert "submitted 4 cells as SLURM job array 4242" in capsys.readouterr().out
+    [script] = sorted(tmp_path.glob("sbatch_*.sh"))
+    text = script.read_text()
+    for line in ("--partition=gpu", "--account=lab", "--gpus-per-node=2", "--cpus-per-task=8", "--time=90",
+                 "--array=0-3%3", "--signal=USR2@90", "--job-name=g", "--ntasks-per-node=1"):
+        assert f"#SBATCH {line}\n" in text
+    records = [json.loads((tmp_path / "g" / t / f"seed{s}" / "job.json").read_text())
+               for t in ("dtd", "cifar") for s in (0, 1)]
+    assert [r["job_id"] for r in records] == ["4242_0", "4242_1", "4242_2", "4242_3"]
+
+    fake_slurm(tmp_path, monkeypatch, states="4242_0|RUNNING|n1\\n4242_1|PENDING|\\n4242_2|TIMEOUT|n1\\n"
+                                             "4242_3|CANCELLED by 7|n1\\n")
+    assert launch.main(argv) == 0
+    assert "4 cells, 0 done, 2 to run, 2 still on SLURM: dtd/seed0, dtd/seed1" in capsys.readouterr().out
+    second = sorted(tmp_path.glob("sbatch_*.sh"))[1].read_text()
+    assert "#SBATCH --array=0-1%2\n" in second
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "name the grid with --name NAME"),
+    (["--name", "g"], "no tasks"),
+    (["--name", "g", "--tasks", "dtd", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--name", "g", "--tasks", "dtd", "--seeds", "x"], "invalid int value: 'x'"),
+    (["--name", "g", "--tasks", "d/t"], "task 'd/t' is not a folder name"),
+    (["--name", "g", "--tasks", "dtd", "--slots", "0"], "--slots 0: must be at least 1"),
+    (["--name", "g", "--tasks", "dtd", "--partition", "gpu"], "--partition is an option of the other executor"),
+    (["--name", "g", "--tasks", "dtd", "--set", "seed=3"], "the grid sets output, seed, data.task"),
+    (["--name", "g", "--tasks", "dtd", "--set", "train.lrr=1"], "cell dtd/seed0: --set train.lrr: unknown key"),
+    (["--name", "g", "--tasks", "dtd", "--configs", "nope.yaml"], "no experiment config nope.yaml"),
+    (["nope.yaml"], "nope.yaml: no such grid file"),
+    (["grid.yaml"], "grid.yaml: a grid file is a mapping with keys name, output, experiment"),
+    (["--name", "g", "--tasks", "dtd", "--executor", "slurm"], "no SLURM here (srun not found)"),
+])
+def test_bad_input_is_one_error_line_and_status_2(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
+    (tmp_path / "grid.yaml").write_text("tasks: [dtd]\nseed: [1]\n")
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_script_exits_2_on_bad_input(tmp_path):
+    r = subprocess.run([sys.executable, str(LAUNCH), "--tasks", "dtd"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: name the grid") and len(r.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the three real stages
+
+TWINS = ("svhn", "eurosat")  # VTAB-1k tasks with 10 classes, like the demo's digits: two copies of it
+
+
+def find_stage(cell: Path, script: str) -> tuple[int, int]:
+    """(pid, parent pid) of the stage `script` running for `cell` (its parent is the cell's job), from /proc."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if str(ROOT / script) in argv and f"output={cell}" in argv:
+            return int(proc.name), int(stat.rsplit(")", 1)[1].split()[1])
+    raise AssertionError(f"no {script} running for {cell}")
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """svhn, eurosat × seeds 0, 1 through the local executor, 2 jobs at a time; each task is a copy of the
+    demo digits, so svhn/seedK and eurosat/seedK are the same run. Launch 1: svhn/seed1's job gets the
+    scheduler's stop signal mid-supernet (requeued within the launch); eurosat/seed0's job and stage are
+    killed mid-retrain. Launch 2 resumes eurosat/seed0; launch 3 finds nothing to do."""
+    root = tmp_path_factory.mktemp("grid").resolve()
+    build_demo(root / "data")
+    for task in TWINS:
+        shutil.copytree(root / "data" / "digits", root / "data" / task)
+    (root / "exp.yaml").write_text(yaml.safe_dump({
+        "device": "cpu",
+        "model": {"name": "vit_tiny_patch16_224", "pretrained": False, "kwargs": {**TINY, "drop_path_rate": 0.1}},
+        "data": {"root": str(root / "data"), "img_size": 32, "batch_size": 64},
+        "glora": {"ranks": [2, 4]},
+        "train": {"epochs": 3, "lr": 2e-3, "warmup_epochs": 1, "eval_every": 0, "eval_subnets": 0, "ckpt_every": 1},
+        "search": {"generations": 2, "population": 6, "parents": 2, "mutations": 2, "crossovers": 2,
+                   "budget": [0.0, 0.01]},
+        "retrain": {"epochs": 2, "lr": 2e-3, "warmup_epochs": 1, "ckpt_every": 1},
+    }))
+    out = root / "out"
+    cmd = [sys.executable, str(LAUNCH), "--output", str(out), "--experiment", str(root / "exp.yaml"),
+           "--tasks", *TWINS, "--seeds", "0", "1", "--slots", "2", "--cpus-per-job", "1"]
+
+    def run():
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root,
+                             start_new_session=True)
+    try:
+        requeued, killed = out / "svhn" / "seed1", out / "eurosat" / "seed0"
+        wait_for((requeued / "supernet" / "checkpoint" / "state.pt").is_file)
+        os.kill(find_stage(requeued, "train.py")[1], signal.SIGUSR2)  # SLURM's warning before a time limit
+        wait_for((killed / "retrain" / "checkpoint" / "state.pt").is_file)
+        stage, job = find_stage(killed, "retrain.py")
+        os.kill(job, signal.SIGKILL)  # the node went down
+        os.kill(stage, signal.SIGKILL)
+        first_out = first.communicate(timeout=600)[0]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    second = run()
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/**/*")}
+    third = run()
+    return {"out": out, "first": (first.returncode, first_out), "second": second, "third": third, "mtimes": mtimes}
+
+
+def assert_same_run(a: Path, b: Path):
+    ra, rb = (json.loads((r / "retrain" / "results.json").read_text()) for r in (a, b))
+    assert [ra[k] for k in ("test_acc", "test_acc_merged", "adapter_params")] == \
+        [rb[k] for k in ("test_acc", "test_acc_merged", "adapter_params")]
+    assert (a / "search" / "best_subnet.yaml").read_text() == (b / "search" / "best_subnet.yaml").read_text()
+    ma, mb = (load_file(r / "retrain" / "merged.safetensors") for r in (a, b))
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+@pytest.mark.slow
+def test_grid_ends_with_the_table(grid):
+    out, second = grid["out"], grid["second"]
+    assert second.returncode == 0, second.stdout + second.stderr
+    accs = {t: [json.loads((out / t / f"seed{s}" / "retrain" / "results.json").read_text())["test_acc"]
+                for s in (0, 1)] for t in TWINS}
+    mean = {t: sum(a) / 2 for t, a in accs.items()}
+    std = {t: abs(a[0] - a[1]) / 2 ** 0.5 for t, a in accs.items()}  # sample std of two values
+    md = (out / "results.md").read_text()
+    assert md in second.stdout
+    assert f"| svhn | natural | 2 | {mean['svhn']:.2f} ± {std['svhn']:.2f} |" in md
+    assert f"| eurosat | specialized | 2 | {mean['eurosat']:.2f} ± {std['eurosat']:.2f} |" in md
+    assert f"| natural | 1/7 | {mean['svhn']:.2f} |" in md and f"| specialized | 1/4 | {mean['eurosat']:.2f} |" in md
+    assert f"| mean of tasks | 2/19 | {(mean['svhn'] + mean['eurosat']) / 2:.2f} |" in md
+    assert f"| mean of group means | 2/19 | {(mean['svhn'] + mean['eurosat']) / 2:.2f} |" in md
+    assert (out / "results.csv").is_file() and (out / "results_groups.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_its_stage_and_ends_as_an_uninterrupted_cell(grid):
+    out = grid["out"]
+    assert "svhn/seed1: done" in grid["first"][1]
+    assert "resumed from" in (out / "svhn" / "seed1" / "supernet" / "log.txt").read_text()
+    record = json.loads((out / "svhn" / "seed1" / "job.json").read_text())
+    assert "Requeued job" in (Path(record["submitit_folder"]) / f"{record['job_id']}_0_log.out").read_text()
+    assert_same_run(out / "svhn" / "seed1", out / "eurosat" / "seed1")
+
+
+@pytest.mark.slow
+def test_a_killed_cell_is_resumed_by_the_next_launch_and_ends_as_an_uninterrupted_cell(grid):
+    out = grid["out"]
+    code, text = grid["first"]
+    assert code == 1 and "eurosat/seed0: job failed" in text and "launch the grid again to resume it" in text
+    assert f"grid {out}: 4 cells, 3 done, 1 to run" in grid["second"].stdout
+    assert "resumed from" in (out / "eurosat" / "seed0" / "retrain" / "log.txt").read_text()
+    assert_same_run(out / "eurosat" / "seed0", out / "svhn" / "seed0")
+
+
+@pytest.mark.slow
+def test_a_finished_grid_launched_again_runs_nothing(grid):
+    out, third = grid["out"], grid["third"]
+    assert third.returncode == 0, third.stderr
+    assert f"grid {out}: 4 cells, 4 done, 0 to run" in third.stdout and "running" not in third.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/**/*")} == grid["mtimes"]
+    assert (out / "results.md").read_text() in third.stdout

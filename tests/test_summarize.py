@@ -1,0 +1,106 @@
+"""scripts/summarize.py: per-task mean ± std over seeds, VTAB group means and both overall means, by hand."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import summarize  # noqa: E402
+
+
+def write_run(run: Path, task: str, acc: float, params: int = 1000, probe: float | None = None) -> None:
+    (run / "retrain").mkdir(parents=True)
+    (run / "retrain" / "results.json").write_text(json.dumps(
+        {"task": task, "test_acc": acc, "test_acc_merged": acc, "adapter_params": params, "head_params": 100}))
+    if probe is not None:
+        (run / "linear_probe").mkdir()
+        (run / "linear_probe" / "results.json").write_text(json.dumps({"task": task, "test_acc": probe}))
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """Four VTAB tasks (two natural, one specialized, one structured) and one of our own, 1-2 seeds each."""
+    g = tmp_path / "grid"
+    for task, accs in {"cifar": [70.0, 74.0], "dtd": [60.0, 64.0], "eurosat": [90.0, 92.0], "kitti": [80.0],
+                       "mine": [50.0]}.items():
+        for seed, acc in enumerate(accs):
+            write_run(g / task / f"seed{seed}", task, acc, params=1000 + 100 * seed)
+    return g
+
+
+def test_grid_table_matches_hand_computed_means(grid):
+    md = summarize.write_tables(grid)
+    assert (grid / "results.md").read_text() == md
+    # per task: mean ± sample std over seeds (stdev of 70, 74 is 2·√2 = 2.83), n, mean parameters
+    assert "| task | group | n | test_acc | test_acc_merged | adapter_params | head_params |" in md
+    assert "| cifar | natural | 2 | 72.00 ± 2.83 | 72.00 ± 2.83 | 1050 | 100 |" in md
+    assert "| dtd | natural | 2 | 62.00 ± 2.83 |" in md
+    assert "| eurosat | specialized | 2 | 91.00 ± 1.41 |" in md
+    assert "| kitti | structured | 1 | 80.00 | 80.00 | 1000 | 100 |" in md
+    assert "| mine | own | 1 | 50.00 |" in md
+    # groups: natural (72+62)/2, specialized 91, structured 80; tasks (72+62+91+80)/4; groups (67+91+80)/3
+    assert "| natural | 2/7 | 67.00 |" in md
+    assert "| specialized | 1/4 | 91.00 |" in md
+    assert "| structured | 1/8 | 80.00 |" in md
+    assert "| mean of tasks | 4/19 | 76.25 |" in md
+    assert "| mean of group means | 4/19 | 79.33 |" in md
+    assert "mine: group own) are not in the VTAB-1k group or overall means" in md
+    assert "mean ± sample standard deviation over the n runs" in md
+
+    rows = {r["task"]: r for r in csv.DictReader((grid / "results.csv").open())}
+    assert float(rows["cifar"]["test_acc"]) == 72.0 and rows["cifar"]["n"] == "2"
+    assert float(rows["cifar"]["test_acc_std"]) == pytest.approx(2 * 2 ** 0.5)
+    assert rows["kitti"]["test_acc_std"] == ""
+    means = {r["mean"]: float(r["test_acc"]) for r in csv.DictReader((grid / "results_groups.csv").open())}
+    assert means == pytest.approx({"natural": 67.0, "specialized": 91.0, "structured": 80.0,
+                                   "mean of tasks": 76.25, "mean of group means": 79 + 1 / 3})
+
+
+def test_config_axis_gets_its_own_rows_and_means(tmp_path):
+    g = tmp_path / "grid"
+    for config, accs in {"glora": [70.0, 72.0], "lora": [60.0, 66.0]}.items():
+        for seed, acc in enumerate(accs):
+            write_run(g / config / "cifar" / f"seed{seed}", "cifar", acc)
+        write_run(g / config / "eurosat" / "seed0", "eurosat", accs[0] + 20)
+    md = summarize.write_tables(g)
+    assert "| glora | cifar | natural | 2 | 71.00 ± 1.41 |" in md
+    assert "| lora | cifar | natural | 2 | 63.00 ± 4.24 |" in md
+    assert "| glora | mean of tasks | 2/19 | 80.50 |" in md  # (71 + 90) / 2
+    assert "| lora | mean of group means | 2/19 | 71.50 |" in md  # (63 + 80) / 2
+
+
+def test_single_run_and_folder_of_runs_keep_the_per_run_table(tmp_path):
+    run = tmp_path / "demo"
+    write_run(run, "digits", 85.7, params=22208, probe=46.55)
+    r = cli(run, "--baseline", "linear_probe")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(
+        "| task | group | test_acc | test_acc_merged | adapter_params | head_params | linear_probe_acc |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| digits | own | 85.70 | 85.70 | 22208 | 100 | 46.55 |\n")
+    assert "group means" not in r.stdout  # no VTAB task: no VTAB means
+
+    vtab = tmp_path / "vtab"  # scripts/vtab.sh's layout: outputs/vtab/<task>/
+    write_run(vtab / "dtd", "dtd", 60.0, probe=50.0)
+    write_run(vtab / "cifar", "cifar", 70.0)
+    md = summarize.write_tables(vtab, "linear_probe")
+    assert "| cifar | natural | 70.00 | 70.00 | 1000 | 100 | – |" in md  # registry order: cifar before dtd
+    assert "| dtd | natural | 60.00 | 60.00 | 1000 | 100 | 50.00 |" in md
+    assert md.index("| cifar |") < md.index("| dtd |")
+    assert "| mean of group means | 2/19 | 65.00 |" in md
+
+
+def test_no_results_is_one_error_line(tmp_path):
+    r = cli(tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: no retrain/results.json under") and len(r.stderr.splitlines()) == 1
