@@ -15,9 +15,10 @@ grid again runs only what is unfinished; every launch ends by writing the grid's
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -25,12 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import submitit
 import yaml
+from submitit.core.utils import FailedJobError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -274,33 +275,36 @@ def local_slots(gpus: list[int], gpus_per_job: int, slots: int | None) -> list[t
 
 
 def run_local(cells: list[Cell], slots: list[tuple[int, ...]], folder: Path, timeout_min: int) -> list[dict]:
-    """Run the cells here, one job per slot at a time; returns their outcomes (Ctrl-C cancels every job)."""
-    free: queue.SimpleQueue = queue.SimpleQueue()
-    for gpus in slots:
+    """Run the cells here, one job per slot at a time, and return their outcomes; Ctrl-C cancels every job."""
+    pending, results = iter(range(len(cells))), [None] * len(cells)
+    jobs, lock, stopping = [], threading.Lock(), threading.Event()
+
+    def slot(gpus: tuple[int, ...]) -> None:  # takes the next cell whenever its job has ended
         executor = submitit.LocalExecutor(folder)
         executor.update_parameters(timeout_min=timeout_min, gpus_per_node=len(gpus), visible_gpus=gpus)
-        free.put(executor)
-    jobs = []
+        while True:
+            with lock:
+                i = next(pending, None)
+                if i is None or stopping.is_set():
+                    return
+                job = executor.submit(cells[i])
+                jobs.append(job)
+            record(cells[i], "local", job)
+            results[i] = outcome(job)
 
-    def run(cell: Cell) -> dict:
-        executor = free.get()
-        try:
-            job = executor.submit(cell)
-            jobs.append(job)
-            record(cell, "local", job)
-            return outcome(job)
-        finally:
-            free.put(executor)
-
-    pool = ThreadPoolExecutor(len(slots))
+    threads = [threading.Thread(target=slot, args=(gpus,), daemon=True) for gpus in slots]
+    for t in threads:
+        t.start()
     try:
-        return list(pool.map(run, cells))
+        for t in threads:
+            t.join()
     except KeyboardInterrupt:
-        for job in jobs:
-            job.cancel(check=False)
+        with lock:
+            stopping.set()
+            for job in jobs:
+                job.cancel(check=False)
         raise
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    return results
 
 
 def submit_slurm(cells: list[Cell], args: argparse.Namespace, name: str, folder: Path) -> list:
@@ -312,7 +316,12 @@ def submit_slurm(cells: list[Cell], args: argparse.Namespace, name: str, folder:
               "cpus_per_task": args.cpus_per_job, "slurm_partition": args.partition, "slurm_account": args.account,
               "slurm_array_parallelism": args.array_parallelism}
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    jobs = executor.submit_array(cells)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's error; it is said once below
+            jobs = executor.submit_array(cells)
+    except FailedJobError as e:
+        raise UserError(f"sbatch refused the job array: {' '.join(str(e).split())}; "
+                        "check --partition, --account, --time, --gpus-per-job") from None
     for cell, job in zip(cells, jobs):
         record(cell, "slurm", job)
     return jobs
@@ -442,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: every job of this launch was stopped; launch the grid again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -126,6 +126,25 @@ def test_a_job_stopped_by_the_scheduler_stops_its_stage_is_requeued_and_resumes(
     assert "Requeued job" in log.read_text()
 
 
+def test_ctrl_c_stops_every_job_and_the_stage_it_runs(tmp_path):
+    first = fake_stage(tmp_path, "first", "wait")
+    folder = tmp_path / "cell"
+    runner = subprocess.Popen([sys.executable, "-c", f"""
+import sys, cloudpickle
+sys.path.insert(0, {str(ROOT / "scripts")!r})
+import launch
+cloudpickle.register_pickle_by_value(launch)
+cell = launch.Cell("cell", launch.Path({str(folder)!r}), None, ["output={folder}"],
+                   stages=(launch.StageSpec(*{tuple(first)!r}),))
+launch.run_local([cell], [()], launch.Path({str(tmp_path / "submitit" / "%j")!r}), 10)
+"""], stderr=subprocess.PIPE, text=True)
+    wait_for((folder / "first" / "job_pid").is_file, timeout=60)
+    runner.send_signal(signal.SIGINT)  # to the launcher alone, as from `kill -INT`
+    assert "KeyboardInterrupt" in runner.communicate(timeout=30)[1]
+    wait_for((folder / "first" / "stopped").is_file, timeout=30)  # the cancelled job stopped its stage
+    assert (folder / "first" / "stopped").read_text() == "SIGTERM"
+
+
 def test_local_slots():
     assert launch.local_slots([0, 1, 2, 3], 1, None) == [(0,), (1,), (2,), (3,)]
     assert launch.local_slots([2, 3, 5], 2, None) == [(2, 3)]
@@ -158,12 +177,13 @@ def test_grid_file_with_a_config_axis(tmp_path, monkeypatch, capsys):
     assert not grid.exists()  # a dry run writes nothing
 
 
-def fake_slurm(tmp_path, monkeypatch, states=""):
+def fake_slurm(tmp_path, monkeypatch, states="", sbatch=None):
     """srun, sbatch (keeps each script, answers job 4242) and sacct (answers `states`) on PATH."""
     bin_ = tmp_path / "bin"
     bin_.mkdir(exist_ok=True)
     scripts = {"srun": "exit 0",
-               "sbatch": f'n=$(ls {tmp_path} | grep -c sbatch_); cp "$1" {tmp_path}/sbatch_$n.sh; echo "Submitted batch job 4242"',
+               "sbatch": sbatch or f'n=$(ls {tmp_path} | grep -c sbatch_); cp "$1" {tmp_path}/sbatch_$n.sh; '
+                                   'echo "Submitted batch job 4242"',
                "sacct": f"printf 'JobID|State|NodeList\\n{states}'"}
     for name, body in scripts.items():
         (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
@@ -194,6 +214,16 @@ def test_slurm_gets_one_job_array_with_the_options_and_a_relaunch_skips_cells_st
     assert "4 cells, 0 done, 2 to run, 2 still on SLURM: dtd/seed0, dtd/seed1" in capsys.readouterr().out
     second = sorted(tmp_path.glob("sbatch_*.sh"))[1].read_text()
     assert "#SBATCH --array=0-1%2\n" in second
+
+
+def test_a_job_array_sbatch_refuses_is_one_error_line(tmp_path, monkeypatch, capsys):
+    fake_slurm(tmp_path, monkeypatch, sbatch='echo "sbatch: error: invalid partition specified: nope" >&2; exit 1')
+    argv = ["--output", str(tmp_path / "g"), "--tasks", "dtd", "--executor", "slurm", "--partition", "nope"]
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: sbatch refused the job array: sbatch: error: invalid partition specified: nope; "
+                   "check --partition, --account, --time, --gpus-per-job\n")
+    assert not (tmp_path / "g" / "dtd" / "seed0" / "job.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
