@@ -93,6 +93,10 @@ class Cell(submitit.helpers.Checkpointable):
         cmd += [arg for o in self.overrides for arg in ("--set", o)]
         return cmd + ["--resume"] * (self.folder / stage.name).is_dir()  # started before: continue it
 
+    def env(self) -> dict[str, str]:
+        """What the stages' environment adds to the job's."""
+        return {"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}
+
     def __call__(self) -> dict:
         self.folder.mkdir(parents=True, exist_ok=True)
         for stage in self.stages:
@@ -110,7 +114,7 @@ class Cell(submitit.helpers.Checkpointable):
         return super().checkpoint()
 
     def _run(self, cmd: list[str]) -> int:
-        env = dict(os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {}))
+        env = dict(os.environ, **self.env())
         with open(self.log, "a") as log:
             log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
             log.flush()
@@ -422,7 +426,7 @@ def launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         for cell in todo:
             stage = next(s for s in cell.stages if not cell.complete(s))
-            print(f"{cell.name}: next {' '.join(cell.command(stage))}")
+            print(f"{cell.name}: next {' '.join([f'{k}={v}' for k, v in cell.env().items()] + cell.command(stage))}")
         return 0
     failed = False
     submitit_folder = grid.output / ".submitit" / "%j"

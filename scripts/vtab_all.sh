@@ -1,16 +1,8 @@
 #!/usr/bin/env bash
-# Run every VTAB-1k task in turn, then write the results table to outputs/vtab/results.{md,csv}.
-# Usage: scripts/vtab_all.sh [--resume] [--set key=value ...]; a failed task is reported and the rest go on.
-set -uo pipefail
+# Every VTAB-1k task as one grid of scripts/launch.py: outputs/vtab_all/<task>/seed<k>/, then the table
+# outputs/vtab_all/results.md. Launch it again to resume: complete stages are skipped, started ones resumed.
+# Usage: scripts/vtab_all.sh [--seeds 0 1 2] [--executor slurm --partition P ...] [--set key=value ...]
+# (any option of scripts/launch.py; a failed task is reported and the others go on).
+set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
-failed=()
-for config in configs/vtab/*.yaml; do
-  task=$(basename "$config" .yaml)
-  bash scripts/vtab.sh "$task" "$@" || failed+=("$task")
-done
-"$PYTHON" scripts/summarize.py outputs/vtab
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "failed tasks: ${failed[*]}" >&2
-  exit 1
-fi
+exec "${PYTHON:-python}" scripts/launch.py --name vtab_all --tasks vtab "$@"

@@ -39,11 +39,16 @@ resume = "--resume" in args
 folder.mkdir(parents=True, exist_ok=True)
 with open(folder / "calls.txt", "a") as f:
     f.write(("resume" if resume else "fresh") + "\\n")
+(folder / "threads").write_text(os.environ.get("OMP_NUM_THREADS", ""))
 if MODE == "fail":
     print("error: the fake stage failed; fix it", file=sys.stderr)
     sys.exit(3)
 if MODE == "stop" and not resume:
     sys.exit(75)
+if MODE == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    (folder / "started").write_text("")
+    time.sleep(120)
 if MODE == "wait" and not resume:
     def stop(signum, frame):
         (folder / "stopped").write_text(signal.Signals(signum).name)
@@ -90,6 +95,7 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]
     assert cell.done() and cell() == {"status": "done"}
     assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]  # nothing reran
+    assert (cell.folder / "first" / "threads").read_text() == ""  # threads=None: the job's own environment
 
     failing = launch.Cell("bad", tmp_path / "bad", None, [f"output={tmp_path / 'bad'}"],
                           stages=(fake_stage(tmp_path, "broken", "fail"),))
@@ -97,6 +103,19 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert result["status"] == "failed" and result["returncode"] == 3
     line = launch.report(failing, result)
     assert line == f"bad: failed in broken (exit 3): error: the fake stage failed; fix it [log: {failing.log}]"
+
+
+def test_checkpoint_stops_the_stage_kills_it_after_the_grace_period_and_requeues_the_same_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "STOP_GRACE_S", 0.5)
+    cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "stubborn"))
+    cell.threads = 3
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(cell)
+        wait_for((cell.folder / "first" / "started").is_file, timeout=60)
+        requeue = cell.checkpoint()  # as submitit calls it on SLURM's signal; the stage ignores SIGTERM
+        assert running.result(timeout=30)["returncode"] == -signal.SIGKILL
+    assert requeue.function is cell and cell._running is None
+    assert (cell.folder / "first" / "threads").read_text() == "3"
 
 
 def test_commands_resume_started_stages_and_use_torchrun_for_several_gpus(tmp_path):
@@ -167,13 +186,15 @@ def test_grid_file_with_a_config_axis(tmp_path, monkeypatch, capsys):
     (tmp_path / "budgets.yaml").write_text(yaml.safe_dump({
         "tasks": ["dtd"], "seeds": [0, 1], "set": ["train.lr=0.01"],
         "configs": {"small": {"set": ["search.budget=[0,0.1]"]}, "big": {"file": "big.yaml"}}}))
-    assert launch.main(["budgets.yaml", "--seeds", "3", "--dry-run"]) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert launch.main(["budgets.yaml", "--seeds", "3", "--slots", "2", "--gpus-per-job", "0", "--dry-run"]) == 0
     out = capsys.readouterr().out
     grid = tmp_path / "outputs" / "budgets"  # named after the file; --seeds replaced the file's seeds
     assert f"grid {grid}: 2 cells, 0 done, 2 to run" in out
-    assert (f"small/dtd/seed3: next {sys.executable} {ROOT / 'train.py'} --set train.lr=0.01 --set search.budget=[0,0.1] "
+    train = f"OMP_NUM_THREADS=4 {sys.executable} {ROOT / 'train.py'}"  # 8 CPUs shared by 2 slots
+    assert (f"small/dtd/seed3: next {train} --set train.lr=0.01 --set search.budget=[0,0.1] "
             f"--set data.task=dtd --set output={grid / 'small' / 'dtd' / 'seed3'} --set seed=3") in out
-    assert f"big/dtd/seed3: next {sys.executable} {ROOT / 'train.py'} {tmp_path / 'big.yaml'} --set train.lr=0.01" in out
+    assert f"big/dtd/seed3: next {train} {tmp_path / 'big.yaml'} --set train.lr=0.01" in out
     assert not grid.exists()  # a dry run writes nothing
 
 
@@ -251,6 +272,16 @@ def test_bad_input_is_one_error_line_and_status_2(argv, message, tmp_path, monke
     assert not (tmp_path / "outputs").exists()
 
 
+def test_vtab_all_is_the_grid_of_the_19_tasks(tmp_path):
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "vtab_all.sh"), "--output", str(tmp_path / "g"), "--seeds", "0",
+                        "1", "--dry-run", "--set", "data.root=/data/vtab-1k"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"grid {tmp_path / 'g'}: 38 cells, 0 done, 38 to run" in r.stdout
+    for task in TASKS:
+        assert f"\n{task}/seed1: next " in r.stdout
+    assert "--set data.root=/data/vtab-1k --set data.task=cifar" in r.stdout
+
+
 def test_the_script_exits_2_on_bad_input(tmp_path):
     r = subprocess.run([sys.executable, str(LAUNCH), "--tasks", "dtd"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: name the grid") and len(r.stderr.splitlines()) == 1
@@ -296,7 +327,7 @@ def grid(tmp_path_factory):
     }))
     out = root / "out"
     cmd = [sys.executable, str(LAUNCH), "--output", str(out), "--experiment", str(root / "exp.yaml"),
-           "--tasks", *TWINS, "--seeds", "0", "1", "--slots", "2", "--cpus-per-job", "1"]
+           "--tasks", *TWINS, "--seeds", "0", "1", "--slots", "2", "--gpus-per-job", "0", "--cpus-per-job", "1"]
 
     def run():
         return subprocess.run(cmd, capture_output=True, text=True, cwd=root)
