@@ -95,7 +95,7 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]
     assert cell.done() and cell() == {"status": "done"}
     assert calls(cell, "first") == ["fresh", "resume"] and calls(cell, "second") == ["fresh"]  # nothing reran
-    assert (cell.folder / "first" / "threads").read_text() == ""  # threads=None: the job's own environment
+    assert (cell.folder / "first" / "threads").read_text() == os.environ.get("OMP_NUM_THREADS", "")  # the job's own
 
     failing = launch.Cell("bad", tmp_path / "bad", None, [f"output={tmp_path / 'bad'}"],
                           stages=(fake_stage(tmp_path, "broken", "fail"),))
@@ -129,7 +129,7 @@ def test_commands_resume_started_stages_and_use_torchrun_for_several_gpus(tmp_pa
 
 
 def test_a_job_stopped_by_the_scheduler_stops_its_stage_is_requeued_and_resumes(tmp_path):
-    """SLURM signals a job (USR2 here) before its time limit or on preemption; submitit calls Cell.checkpoint."""
+    """SLURM signals a job (USR2) before its time limit; submitit calls Cell.checkpoint and requeues the job."""
     cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "wait"), fake_stage(tmp_path, "second", "ok"))
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(launch.run_local, [cell], [()], tmp_path / "submitit" / "%j", 10)
