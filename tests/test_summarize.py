@@ -19,7 +19,8 @@ def write_run(run: Path, task: str, acc: float, params: int = 1000, probe: float
         {"task": task, "test_acc": acc, "test_acc_merged": acc, "adapter_params": params, "head_params": 100}))
     if probe is not None:
         (run / "linear_probe").mkdir()
-        (run / "linear_probe" / "results.json").write_text(json.dumps({"task": task, "test_acc": probe}))
+        (run / "linear_probe" / "results.json").write_text(json.dumps({"task": task, "test_acc": probe,
+                                                                       "trainable_params": 100}))
 
 
 def cli(*args):
@@ -39,8 +40,10 @@ def grid(tmp_path):
 
 
 def test_grid_table_matches_hand_computed_means(grid):
-    md = summarize.write_tables(grid)
+    md, files = summarize.write_summary(grid)
     assert (grid / "results.md").read_text() == md
+    assert [f.name for f in files] == ["results.md", "results.csv", "results_groups.csv", "accuracy_per_task.png",
+                                       "accuracy_vs_params.png"]
     expected = (
         # per task: mean ± sample std over seeds (stdev of 70, 74 is 2·√2 = 2.83), n, mean parameters
         "| task | group | n | test_acc | test_acc_merged | adapter_params | head_params |",
@@ -76,7 +79,8 @@ def test_config_axis_gets_its_own_rows_and_means(tmp_path):
         for seed, acc in enumerate(accs):
             write_run(g / config / "cifar" / f"seed{seed}", "cifar", acc)
         write_run(g / config / "eurosat" / "seed0", "eurosat", accs[0] + 20)
-    md = summarize.write_tables(g)
+    md = summarize.write_summary(g)[0]
+    assert {r["method"] for r in summarize.figure_rows(summarize.collect(g), None)} == {"glora", "lora"}
     assert "| glora | cifar | natural | 2 | 71.00 ± 1.41 |" in md
     assert "| lora | cifar | natural | 2 | 63.00 ± 4.24 |" in md
     assert "| glora | mean of tasks | 2/19 | 80.50 |" in md  # (71 + 90) / 2
@@ -97,7 +101,7 @@ def test_single_run_and_folder_of_runs_keep_the_per_run_table(tmp_path):
     vtab = tmp_path / "vtab"  # scripts/vtab.sh's layout: outputs/vtab/<task>/
     write_run(vtab / "dtd", "dtd", 60.0, probe=50.0)
     write_run(vtab / "cifar", "cifar", 70.0)
-    md = summarize.write_tables(vtab, "linear_probe")
+    md = summarize.write_summary(vtab, "linear_probe")[0]
     assert "| cifar | natural | 70.00 | 70.00 | 1000 | 100 | – |" in md  # registry order: cifar before dtd
     assert "| dtd | natural | 60.00 | 60.00 | 1000 | 100 | 50.00 |" in md
     assert md.index("| cifar |") < md.index("| dtd |")
