@@ -3,9 +3,9 @@ import copy
 import time
 
 from glora import compact_subnet, load_adapters, load_subnet, merge_glora, save_adapters, set_subnet, subnet_params
-from engine.loops import evaluate, split_batches
+from engine.loops import evaluate
 from glora.errors import UserError
-from engine.experiment import build_model, eval_tensors, load_data, train_loader
+from engine.experiment import build_model, eval_loader, load_data, train_loader
 from glora.inject import head_params, mark_trainable
 from glora.io import load_yaml, save_json
 from glora.hub import save_hub_folder
@@ -28,7 +28,7 @@ def main(args):
         raise UserError(f"{supernet_file}: no trained supernet to start from; run train.py or set retrain.init=scratch")
 
     train = load_data(cfg, "train800val200")
-    test_x, test_y = eval_tensors(cfg, load_data(cfg, "test"), device)
+    test = eval_loader(cfg, load_data(cfg, "test"), device)  # streamed from its cache file if large
     model = build_model(cfg, train.num_classes)
     subnet, meta = load_subnet(subnet_file, model)
     if r["init"] == "supernet":
@@ -43,16 +43,13 @@ def main(args):
                         "it was searched with other glora settings")
     log.info("subnet: %d adapter parameters (+ head %d), init from %s", adapter_params, head_params(model), r["init"])
 
-    def test_batches():
-        return split_batches(test_x, test_y, cfg["data"]["eval_batch_size"])
-
     trainer = Trainer(stage, model, train_loader(cfg, train, device), r, amp=cfg["train"]["amp"])
     trainer.start()
     trainer.fit()
     # Honest protocol: the test accuracy of the final epoch, evaluated once. Both evaluations run
     # in float32 so that merged and unmerged agree (bf16 rounds the two forms differently).
     start = time.perf_counter()
-    test_acc = evaluate(model, test_batches(), device, amp=False)
+    test_acc = evaluate(model, test, device, amp=False)
     eval_seconds = time.perf_counter() - start
     if not stage.main:
         return stage.close()
@@ -60,7 +57,7 @@ def main(args):
 
     merged = merge_glora(copy.deepcopy(model))
     start = time.perf_counter()
-    test_acc_merged = evaluate(merged, test_batches(), device, amp=False)
+    test_acc_merged = evaluate(merged, test, device, amp=False)
     merged_eval_seconds = time.perf_counter() - start
     path = export_merged(merged, stage.dir / "merged.safetensors",
                          {"model": cfg["model"]["name"], "num_classes": train.num_classes})

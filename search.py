@@ -1,4 +1,6 @@
-"""Stage 2: evolutionary search on val200 for the best subnet within the parameter budget."""
+"""Stage 2: evolutionary search on val200 for the best subnet within the parameter budget.
+
+Under torchrun every rank scores its share of each generation and rank 0 writes every file."""
 import json
 import time
 from pathlib import Path
@@ -8,7 +10,7 @@ from tqdm import tqdm
 from engine import distributed
 from glora import load_adapters, save_subnet
 from glora.errors import UserError
-from engine.experiment import build_model, eval_tensors, load_data
+from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
 from glora.io import atomic_write, load_yaml, save_json, save_yaml
 from engine.run import Stage, cli, log
@@ -18,8 +20,6 @@ from search.score import MergedScorer
 
 def main(args):
     stage = Stage("search", args)
-    if distributed.world_size() > 1:
-        raise UserError("search.py runs in one process (it scores candidates one by one); start it with python, not torchrun")
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
     supernet_file = stage.root / "supernet" / "supernet.safetensors"
     if not supernet_file.is_file():
@@ -30,11 +30,11 @@ def main(args):
     model.eval()
 
     space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
-    images, labels = eval_tensors(cfg, val, device)
-    scorer = MergedScorer(model, images, labels, cfg["data"]["eval_batch_size"], cfg["train"]["amp"])
+    scorer = MergedScorer(model, eval_loader(cfg, val, device), cfg["train"]["amp"])
     evo = EvolutionSearch(space, scorer, generations=s["generations"], population=s["population"],
                           parents=s["parents"], mutations=s["mutations"], mutation_prob=s["mutation_prob"],
-                          crossovers=s["crossovers"], seed=cfg["seed"])
+                          crossovers=s["crossovers"], seed=cfg["seed"], early_stop=s["early_stop"],
+                          rank=distributed.rank(), world_size=distributed.world_size(), gather=distributed.all_gather)
 
     ckpt, log_file = stage.dir / "checkpoint.yaml", stage.dir / "candidates.jsonl"
     seconds = 0.0
@@ -47,34 +47,36 @@ def main(args):
         log.info("no checkpoint in %s: starting from generation 0", ckpt)
     stage.begin()
 
-    bar = tqdm(range(evo.generation, s["generations"]), desc="search", initial=evo.generation, total=s["generations"])
+    bar = tqdm(range(evo.generation, s["generations"]), desc="search", initial=evo.generation,
+               total=s["generations"], disable=not stage.main)
     for _ in bar:
         start = time.perf_counter()
         records = evo.step()
         seconds += time.perf_counter() - start
+        for tag, value in evo.scalars(records).items():
+            stage.writer.add_scalar(tag, value, evo.generation)
         best = evo.best()
-        accs = [r.acc1 for r in records]
-        w = stage.writer
-        w.add_scalar("search/best_acc1", best.acc1, evo.generation)
-        w.add_scalar("search/mean_acc1", sum(accs) / len(accs), evo.generation)
-        w.add_scalar("search/params_M", best.params / 1e6, evo.generation)
         bar.set_postfix(best=f"{best.acc1:.2f}", params=f"{best.params / 1e6:.3f}M")
-        # The candidate log is rewritten whole from the records, so a resumed run never repeats a line.
-        lines = "".join(json.dumps({"generation": r.generation, "acc1": r.acc1, "params": r.params,
-                                    "layers": [",".join(c) for c in r.key]}) + "\n" for r in evo.records.values())
-        atomic_write(log_file, lambda tmp: Path(tmp).write_text(lines))
-        save_yaml(ckpt, {"evolution": evo.state(), "seconds": seconds})
+        if stage.main:  # the candidate log is rewritten whole, so a resumed run never repeats a line
+            lines = "".join(json.dumps(r.log_line()) + "\n" for r in evo.records.values())
+            atomic_write(log_file, lambda tmp: Path(tmp).write_text(lines))
+            save_yaml(ckpt, {"evolution": evo.state(), "seconds": seconds})
+    if not stage.main:
+        return stage.close()
 
     best = evo.best()
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
                        val_acc1=best.acc1, generation=best.generation, budget=list(s["budget"]),
                        ranks=list(cfg["glora"]["ranks"]))
-    draw_search(stage.dir, [vars(r) for r in evo.records.values()], vars(best), s["budget"], space.subnet(best.key),
+    records = evo.records.values()
+    # the figure plots accuracies: a candidate stopped early has only a bound
+    draw_search(stage.dir, [vars(r) for r in records if not r.pruned], vars(best), s["budget"], space.subnet(best.key),
                 stage.writer, evo.generation)
     save_json(stage.dir / "summary.json", {
-        "best_val_acc1": best.acc1, "best_params": best.params, "candidates_scored": len(evo.records),
-        "generations": evo.generation, "search_seconds": seconds, "best_subnet": str(path),
-        "peak_memory_mb": stage.peak_memory_mb(),
+        "best_val_acc1": best.acc1, "best_params": best.params, "candidates_scored": len(records),
+        "candidates_pruned": sum(r.pruned for r in records), "images_forwarded": sum(r.images or 0 for r in records),
+        "generations": evo.generation, "search_seconds": seconds, "processes": distributed.world_size(),
+        "best_subnet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
     })
     log.info("best subnet: val acc1 %.2f with %d adapter parameters -> %s", best.acc1, best.params, path)
     stage.close()

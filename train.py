@@ -3,8 +3,8 @@ import random
 import time
 
 from glora import sample_subnet, save_adapters, set_subnet
-from engine.loops import evaluate, split_batches
-from engine.experiment import build_model, eval_tensors, load_data, train_loader
+from engine.loops import evaluate
+from engine.experiment import build_model, eval_loader, load_data, train_loader
 from glora.inject import head_params
 from glora.io import save_json
 from glora.model import count_params
@@ -16,7 +16,7 @@ def main(args):
     stage = Stage("supernet", args)
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, "train800")
-    val_x, val_y = eval_tensors(cfg, load_data(cfg, "val200"), device)
+    val = eval_loader(cfg, load_data(cfg, "val200"), device)
     sampler = random.Random(cfg["seed"])  # every sampled subnet comes from here
     model = build_model(cfg, train.num_classes, sampler).to(device)
     log.info("trainable parameters: %d (head %d)", count_params(model, trainable_only=True), head_params(model))
@@ -28,8 +28,7 @@ def main(args):
         accs = {}
         for i, subnet in enumerate(references):
             set_subnet(model, subnet)
-            accs[f"perf/val_acc1/subnet{i}"] = evaluate(model, split_batches(val_x, val_y, cfg["data"]["eval_batch_size"]),
-                                                      device, cfg["train"]["amp"])
+            accs[f"perf/val_acc1/subnet{i}"] = evaluate(model, val, device, cfg["train"]["amp"])
         set_subnet(model, None)
         if accs:
             accs["perf/val_acc1"] = sum(accs.values()) / len(accs)

@@ -3,8 +3,10 @@
     load_split(root, task, split, *, num_classes=None, img_size=224, interpolation="bicubic",
                cache=True, cache_dir=None, workers=None) -> SplitData   # .images uint8, .labels
     task_num_classes(root, task, num_classes=None) -> int
-    SplitData.loader(batch_size, shuffle=False, drop_last=False, seed=0, mean=..., std=..., dtype=...)
-    BatchLoader(images, labels, *, batch_size, ...)   .to(device), state_dict(), load_state_dict()
+    SplitData.loader(batch_size, *, device="cpu", resident_mb=inf, shuffle=False, drop_last=False,
+                     seed=0, mean=..., std=..., dtype=...)   # whole on device if small, else streamed
+    BatchLoader(images, labels, *, batch_size, ..., device=None)   .to(device), state_dict(), load_state_dict()
+    CachedImages   # a cache file's images, read on demand: images[rows], images[:]
     VTABDataset(root, task, split, *, ..., normalize=False)   # uncached: PIL at every access
     decode_image(path, img_size=224, interpolation="bicubic") -> uint8 (3, H, W)
     normalize(images, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32)
@@ -13,6 +15,7 @@
 Bad input raises glora.errors.UserError with a one-line message.
 """
 
+from .cache import CachedImages
 from .demo import DEMO_TASK, build_demo
 from .lists import SPLITS, read_list, write_list
 from .loader import BatchLoader
@@ -22,7 +25,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, decode_imag
 from .vtab import SplitData, VTABDataset, load_split, read_split, task_num_classes
 
 __all__ = [
-    "BatchLoader", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "SPLITS",
-    "SplitData", "TASKS", "Task", "VTABDataset", "build_demo", "build_synthetic", "decode_image", "get_task", "load_split",
-    "normalize", "read_list", "read_split", "task_num_classes", "write_list",
+    "BatchLoader", "CachedImages", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS",
+    "SPLITS", "SplitData", "TASKS", "Task", "VTABDataset", "build_demo", "build_synthetic", "decode_image",
+    "get_task", "load_split", "normalize", "read_list", "read_split", "task_num_classes", "write_list",
 ]

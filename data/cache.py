@@ -1,33 +1,74 @@
-"""Decode-once cache: a split decoded and resized once into uint8 tensors, kept as safetensors.
+"""Decode-once cache: a split decoded and resized once into uint8 images, kept as a safetensors file.
 
 A cache file is keyed by a hash of the list's entries, the image size, the resize method and
 FORMAT_VERSION; on load it is checked against the list, and anything stale or unreadable is rebuilt.
+It is written chunk by chunk and read batch by batch (`CachedImages`), so neither building nor
+reading it holds more than a chunk or a batch of images, however large the split.
 NOTE: an image file edited in place, with its list unchanged, is not noticed: delete the cache folder.
 """
 
 import hashlib
+import json
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
 from glora.errors import UserError
-from glora.io import save_tensors
+from glora.io import atomic_write
 
 from .lists import Entry
 from .transforms import decode_image, resample_mode
 
 FORMAT_VERSION = 1
+CHUNK = 256  # images decoded between two writes of a cache file: what building one holds
 _log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
     # PIL releases the GIL while decoding and resizing, so threads scale with the cores.
     return min(8, os.cpu_count() or 1)
+
+
+def decode_chunks(
+        entries: list[Entry],
+        img_size: int = 224,
+        interpolation: str = "bicubic",
+        workers: int | None = None,
+        desc: str = "decode",
+        chunk: int = CHUNK,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Decode and resize the entries' images in list order, `chunk` at a time: yields (start, uint8
+    (n, 3, img_size, img_size)). The yielded tensor is refilled by the next chunk: use it first.
+    A UserError names the first bad image in the list."""
+    resample_mode(interpolation)  # a bad name fails here, once, rather than in every thread
+    buffer = torch.empty((min(chunk, len(entries)), 3, img_size, img_size), dtype=torch.uint8)
+
+    def decode(slot: int, e: Entry) -> None:
+        try:
+            buffer[slot] = decode_image(e.path, img_size, interpolation)
+        except UserError as exc:
+            raise UserError(f"{e.where}: {exc}") from None
+
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+    # disable=None shows the bar in a terminal and keeps it out of logs and pipes.
+    bar = tqdm(total=len(entries), desc=desc, unit="img", leave=False, disable=None)
+    try:
+        for start in range(0, len(entries), chunk):
+            part = entries[start:start + chunk]
+            # map yields in list order, so the first bad image of the chunk is the one reported.
+            for _ in pool.map(decode, range(len(part)), part):
+                bar.update()
+            yield start, buffer[:len(part)]
+    finally:
+        bar.close()
+        pool.shutdown(cancel_futures=True)
 
 
 def decode_split(
@@ -39,7 +80,8 @@ def decode_split(
 ) -> torch.Tensor:
     """Decode and resize every entry's image, in list order: a uint8 (N, 3, img_size, img_size)."""
     images = torch.empty((len(entries), 3, img_size, img_size), dtype=torch.uint8)
-    _decode_each(entries, img_size, interpolation, workers, desc, images.__setitem__)
+    for start, chunk in decode_chunks(entries, img_size, interpolation, workers, desc):
+        images[start:start + len(chunk)] = chunk
     return images
 
 
@@ -51,27 +93,8 @@ def check_images(
         desc: str = "check",
 ) -> None:
     """Decode and resize every entry's image, keeping none: a UserError names the first bad one."""
-    _decode_each(entries, img_size, interpolation, workers, desc, lambda i, image: None)
-
-
-def _decode_each(entries, img_size, interpolation, workers, desc, store) -> None:
-    resample_mode(interpolation)  # a bad name fails here, once, rather than in every thread
-
-    def decode(i: int) -> None:
-        try:
-            store(i, decode_image(entries[i].path, img_size, interpolation))
-        except UserError as exc:
-            raise UserError(f"{entries[i].where}: {exc}") from None
-
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers())
-    try:
-        # map yields in list order, so the first bad image in the list is the one reported;
-        # disable=None shows the bar in a terminal and keeps it out of logs and pipes.
-        for _ in tqdm(pool.map(decode, range(len(entries))), total=len(entries), desc=desc,
-                      unit="img", leave=False, disable=None):
-            pass
-    finally:
-        pool.shutdown(cancel_futures=True)
+    for _ in decode_chunks(entries, img_size, interpolation, workers, desc):
+        pass
 
 
 def cache_key(entries: list[Entry], img_size: int, interpolation: str) -> str:
@@ -87,10 +110,79 @@ def cache_file(cache_dir, split: str, img_size: int, interpolation: str) -> Path
     return Path(cache_dir) / f"{split}_{img_size}_{interpolation}.safetensors"
 
 
-def load_cache(path, key: str, labels: torch.Tensor, img_size: int) -> torch.Tensor | None:
+class CachedImages:
+    """A split's uint8 images (N, 3, H, W) in its cache file, read on demand.
+
+    `images[rows]` (a slice, or a 1-D index tensor) reads just those rows into a new tensor, and
+    nothing is mapped or kept: memory holds what was asked for, never the file. It stands in for
+    the tensor wherever a split's images are only sliced, indexed or moved (`.to(device)` reads all).
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+
+    def __init__(self, path, offset: int, shape: tuple[int, ...]):
+        self.path, self.offset, self.shape = Path(path), offset, torch.Size(shape)
+        self.row_bytes = math.prod(shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape.numel()
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(len(self))
+            if step != 1:
+                raise ValueError("CachedImages reads contiguous slices or index tensors")
+            runs = [(start, max(stop - start, 0))]  # one read for the whole slice
+        else:
+            runs = [(i, 1) for i in torch.as_tensor(rows).tolist()]
+        out = torch.empty((sum(n for _, n in runs), *self.shape[1:]), dtype=torch.uint8)
+        if out.numel() == 0:
+            return out
+        buffer, at = memoryview(out.numpy()).cast("B"), 0
+        with open(self.path, "rb") as f:
+            for start, n in runs:
+                size = n * self.row_bytes
+                f.seek(self.offset + start * self.row_bytes)
+                if f.readinto(buffer[at:at + size]) != size:
+                    raise UserError(f"{self.path}: the cache file was cut short while in use; delete it "
+                                    "and run again to rebuild it")
+                at += size
+        return out
+
+    def to(self, device) -> torch.Tensor:
+        """The whole split, read now, as a tensor on `device`."""
+        return self[:].to(device)
+
+
+def _header(labels: torch.Tensor, shape: tuple[int, ...], metadata: dict[str, str]) -> bytes:
+    """The safetensors header of a cache file, laid out as safetensors.torch.save_file lays it out:
+    labels (int64) first, then the images (uint8), the JSON padded with spaces to 8 bytes."""
+    n_labels, n_images = labels.numel() * 8, math.prod(shape)
+    header = {"__metadata__": metadata,
+              "labels": {"dtype": "I64", "shape": [labels.numel()], "data_offsets": [0, n_labels]},
+              "images": {"dtype": "U8", "shape": list(shape), "data_offsets": [n_labels, n_labels + n_images]}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _images_offset(path) -> int:
+    """Where the images begin in a cache file: past the header and the labels."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return 8 + size + json.loads(f.read(size))["images"]["data_offsets"][0]
+
+
+def load_cache(path, key: str, labels: torch.Tensor, img_size: int) -> CachedImages | None:
     """The cached images if `path` holds exactly this split at this size, else None (rebuild).
 
-    The images stay memory-mapped from the file: pages are read on first use.
+    Only the header and labels are read here; the images are read when used.
     """
     path = Path(path)
     if not path.is_file():
@@ -102,22 +194,38 @@ def load_cache(path, key: str, labels: torch.Tensor, img_size: int) -> torch.Ten
                 return None
             if set(f.keys()) != {"images", "labels"}:
                 raise ValueError(f"holds {sorted(f.keys())}")
-            images, cached_labels = f.get_tensor("images"), f.get_tensor("labels")
+            images, cached_labels = f.get_slice("images"), f.get_tensor("labels")
+            dtype, shape = images.get_dtype(), tuple(images.get_shape())
         n = len(labels)
-        if images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, img_size, img_size):
-            raise ValueError(f"images are {images.dtype} {tuple(images.shape)}")
+        if dtype != "U8" or shape != (n, 3, img_size, img_size):
+            raise ValueError(f"images are {dtype} {shape}")
         if cached_labels.dtype != torch.int64 or not torch.equal(cached_labels, labels):
             raise ValueError("labels differ from the list")
+        return CachedImages(path, _images_offset(path), shape)
     except Exception as exc:  # any failure to read or match means the file cannot be trusted
         _log.warning("rebuilding cache %s: %s", path, " ".join(str(exc).split()))
         return None
-    return images
 
 
-def save_cache(path, images: torch.Tensor, labels: torch.Tensor, key: str) -> None:
-    """Write a split's cache atomically."""
-    meta = {"key": key, "format_version": str(FORMAT_VERSION)}
-    save_tensors(path, {"images": images, "labels": labels}, meta)
+def write_cache(path, entries: list[Entry], labels: torch.Tensor, key: str, img_size: int = 224,
+                interpolation: str = "bicubic", workers: int | None = None, desc: str = "decode") -> CachedImages:
+    """Decode a split into its cache file chunk by chunk (atomically: a temp file, then a rename).
+
+    The file is the safetensors file of {"images", "labels"} that save_file would write, made
+    without ever holding the whole split.
+    """
+    shape = (len(entries), 3, img_size, img_size)
+    header = _header(labels, shape, {"key": key, "format_version": str(FORMAT_VERSION)})
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(labels.to(torch.int64).contiguous().numpy().tobytes())
+            for _, chunk in decode_chunks(entries, img_size, interpolation, workers, desc):
+                f.write(memoryview(chunk.numpy()).cast("B"))
+
+    atomic_write(path, write)
+    return CachedImages(path, len(header) + labels.numel() * 8, shape)
 
 
 def cached_images(
@@ -130,21 +238,21 @@ def cached_images(
         interpolation: str = "bicubic",
         workers: int | None = None,
         desc: str = "decode",
-) -> torch.Tensor:
-    """A split's uint8 images from its cache file, decoding and saving them first if needed."""
+) -> CachedImages | torch.Tensor:
+    """A split's uint8 images from its cache file, decoding and writing them first if needed (in
+    memory only if the cache cannot be written)."""
     key = cache_key(entries, img_size, interpolation)
     path = cache_file(cache_dir, split, img_size, interpolation)
     images = load_cache(path, key, labels, img_size)
     if images is not None:
         return images
     _log.info("decoding %d images once, to cache them at %s", len(entries), path)
-    images = decode_split(entries, img_size, interpolation, workers, desc)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_cache(path, images, labels, key)
+        images = write_cache(path, entries, labels, key, img_size, interpolation, workers, desc)
         _log.info("cached %d images at %s", len(images), path)
+        return images
     except OSError as exc:
         # A read-only data folder should not stop a run: it only loses the cache.
         _log.warning("cannot write cache %s (%s); set data.cache_dir to a writable folder",
                      path, " ".join(str(exc).split()))
-    return images
+    return decode_split(entries, img_size, interpolation, workers, desc)

@@ -1,4 +1,5 @@
-"""In-memory batches of a decoded split: seeded, resumable shuffling and on-device normalization."""
+"""Batches of a decoded split, held whole or read from its cache file batch by batch: seeded,
+resumable shuffling and on-device normalization."""
 
 import math
 
@@ -10,11 +11,13 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 class BatchLoader:
-    """Serves (image, label) batches from uint8 tensors held on any device.
+    """Serves (image, label) batches of uint8 images: a tensor on any device, or a cache file's
+    `CachedImages`, of which each batch is read alone.
 
+    Batches come out on `device` (default: where the images are), normalized there, as `dtype`.
     Each epoch (each `iter()`) draws one permutation from a seeded CPU `torch.Generator`;
     `state_dict()` taken at any point, restored with `load_state_dict()`, replays the rest of
-    that epoch and every later one exactly. Batches come out normalized, as `dtype`.
+    that epoch and every later one exactly.
     """
 
     def __init__(
@@ -29,30 +32,29 @@ class BatchLoader:
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             dtype: torch.dtype = torch.float32,
+            device=None,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"expected uint8 images (N, C, H, W) and N labels, got {images.dtype} "
                              f"{tuple(images.shape)} and {tuple(labels.shape)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}: fix data.batch_size")
-        self.images, self.labels = images, labels.to(images.device)
+        self.device = torch.device(device) if device is not None else images.device
+        self.images, self.labels = images, labels.to(self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.dtype = dtype
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=images.device)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device)
         self.generator = torch.Generator().manual_seed(seed)
         self._epoch_state = None  # generator state at the start of the epoch in progress
         self._done = 0  # batches of that epoch already handed out
         self._skip = 0  # batches to skip at the next epoch start (after load_state_dict)
 
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
     def to(self, device) -> "BatchLoader":
-        """Move the whole split (and the normalization constants) to `device`; returns self."""
+        """Hold the whole split on `device` (a cache file is read in now) and serve batches there."""
+        self.device = torch.device(device)
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
@@ -71,10 +73,10 @@ class BatchLoader:
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
             else:
-                idx = order[lo:hi].to(self.device)
-                x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
+                idx = order[lo:hi]
+                x, y = self.images[idx.to(self.images.device)], self.labels[idx.to(self.device)]
             self._done = b + 1
-            yield normalize(x, self.mean, self.std, self.dtype), y
+            yield normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.dtype), y
         self._epoch_state, self._done = None, 0
 
     def state_dict(self) -> dict:

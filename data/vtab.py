@@ -1,6 +1,7 @@
 """VTAB-1k splits for the stages: `load_split` (decoded, cached, labels checked), `task_num_classes`,
 and `VTABDataset`, the uncached PIL-every-time dataset."""
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from torch.utils.data import Dataset
 
 from glora.errors import UserError
 
-from .cache import cached_images, decode_split
+from .cache import CachedImages, cached_images, decode_split
 from .lists import Entry, list_path, read_list, task_dir
 from .loader import BatchLoader
 from .registry import get_task
@@ -24,11 +25,11 @@ _FROM_REGISTRY = "from the VTAB-1k registry"
 class SplitData:
     """A decoded split: uint8 images (N, 3, H, W), int64 labels (N,) and what they are.
 
-    Images from the cache are memory-mapped from its file until first read (`.to(device)` reads
-    them all), so even the largest test splits load at once.
+    Images from the cache stay in its file (`CachedImages`: `images[rows]` reads those rows,
+    `images[:]` all), so even the largest test splits load at once and in no memory.
     """
 
-    images: torch.Tensor
+    images: CachedImages | torch.Tensor
     labels: torch.Tensor
     num_classes: int
     task: str
@@ -37,9 +38,21 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def loader(self, batch_size: int, **kwargs) -> BatchLoader:
-        """A BatchLoader over this split (kwargs: shuffle, drop_last, seed, mean, std, dtype)."""
-        return BatchLoader(self.images, self.labels, batch_size=batch_size, **kwargs)
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the uint8 images."""
+        return self.images.nbytes
+
+    def loader(self, batch_size: int, *, device="cpu", resident_mb: float = math.inf, **kwargs) -> BatchLoader:
+        """A BatchLoader whose batches come out normalized on `device` (kwargs: shuffle, drop_last,
+        seed, mean, std, dtype).
+
+        The split is held there whole when its uint8 images take at most `resident_mb` MB (1e6
+        bytes); a larger one stays where it is, and each batch is read and moved alone, so memory
+        holds a batch, not the split.
+        """
+        loader = BatchLoader(self.images, self.labels, batch_size=batch_size, device=device, **kwargs)
+        return loader.to(device) if self.nbytes <= resident_mb * 1e6 else loader
 
 
 def resolve_num_classes(root, task: str, num_classes: int | None = None) -> tuple[int, str]:

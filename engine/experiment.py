@@ -6,7 +6,7 @@ import random
 import torch
 from torch import nn
 
-from data import load_split, normalize
+from data import load_split
 from data.vtab import SplitData
 
 from glora.errors import UserError
@@ -49,13 +49,16 @@ def load_data(cfg: dict, split: str) -> SplitData:
 
 
 def train_loader(cfg: dict, split: SplitData, device: torch.device):
-    """Shuffled, normalized batches of a split held on `device`."""
+    """Shuffled, normalized batches of a split on `device` (held there if within data.resident_mb)."""
     d = cfg["data"]
-    return split.loader(d["batch_size"], shuffle=True, seed=cfg["seed"], mean=d["mean"], std=d["std"]).to(device)
+    return split.loader(d["batch_size"], device=device, resident_mb=d["resident_mb"], shuffle=True,
+                        seed=cfg["seed"], mean=d["mean"], std=d["std"])
 
 
-def eval_tensors(cfg: dict, split: SplitData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole split normalized once, on `device` (for repeated evaluation)."""
+def eval_loader(cfg: dict, split: SplitData, device: torch.device):
+    """Batches of data.eval_batch_size in list order, normalized one by one on `device`: a split
+    within data.resident_mb is held there (val200 for the search), a larger one is read from its
+    cache file batch by batch (the test splits), so no evaluation holds a whole large split."""
     d = cfg["data"]
-    images = split.images.to(device)
-    return normalize(images, d["mean"], d["std"]), split.labels.to(device)
+    return split.loader(d["eval_batch_size"], device=device, resident_mb=d["resident_mb"], mean=d["mean"],
+                        std=d["std"])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,18 +16,32 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def percent(correct: int, total: int) -> float:
+    """Top-1 accuracy in percent: the one formula, so that accuracies compare exactly."""
+    return 100.0 * correct / max(total, 1)
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-             amp: bool = True) -> float:
-    """Top-1 accuracy in percent over (images, labels) batches; the model is put in eval mode."""
+def count_correct(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
+                  amp: bool = True, stop: Optional[Callable[[int, int], bool]] = None) -> tuple[int, int]:
+    """(correct, seen) top-1 over (images, labels) batches, the model in eval mode; `stop(correct,
+    seen)`, asked after each batch, may end the count early."""
     model.eval()
-    correct = total = 0
+    correct = seen = 0
     for x, y in batches:
         with autocast(device, amp):
             logits = model(x.to(device, non_blocking=True))
         correct += (logits.argmax(-1) == y.to(device)).sum().item()
-        total += y.numel()
-    return 100.0 * correct / max(total, 1)
+        seen += y.numel()
+        if stop is not None and stop(correct, seen):
+            break
+    return correct, seen
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
+             amp: bool = True) -> float:
+    """Top-1 accuracy in percent over (images, labels) batches; the model is put in eval mode."""
+    return percent(*count_correct(model, batches, device, amp))
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
@@ -40,8 +54,3 @@ def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Op
     optimizer.step()
     return loss.detach()
 
-
-def split_batches(x: Tensor, y: Tensor, batch_size: int):
-    """Batches of an in-memory split, in order."""
-    for i in range(0, len(y), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]

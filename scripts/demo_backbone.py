@@ -17,7 +17,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.config import load_config  # noqa: E402
-from engine.experiment import eval_tensors, load_data  # noqa: E402
+from data import normalize  # noqa: E402
+from engine.experiment import load_data  # noqa: E402
 from glora.io import save_tensors  # noqa: E402
 
 
@@ -32,7 +33,8 @@ def main():
         return
     cfg = load_config(args.config)
     torch.manual_seed(cfg["seed"])
-    images, _ = eval_tensors(cfg, load_data(cfg, "train800"), torch.device("cpu"))
+    d = cfg["data"]
+    images = normalize(load_data(cfg, "train800").images[:], d["mean"], d["std"])  # the demo's small split, whole
     x = torch.cat([torch.rot90(images, k, (2, 3)) for k in range(4)])
     y = torch.arange(4).repeat_interleave(len(images))
     model = timm.create_model(cfg["model"]["name"], num_classes=4, **cfg["model"]["kwargs"])

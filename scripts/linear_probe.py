@@ -9,8 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from glora import compact_subnet, glora_layers, set_subnet  # noqa: E402
-from engine.loops import evaluate, split_batches  # noqa: E402
-from engine.experiment import build_model, eval_tensors, load_data, train_loader  # noqa: E402
+from engine.loops import evaluate  # noqa: E402
+from engine.experiment import build_model, eval_loader, load_data, train_loader  # noqa: E402
 from glora.inject import head_params, mark_trainable  # noqa: E402
 from glora.io import save_json  # noqa: E402
 from glora.model import count_params  # noqa: E402
@@ -22,7 +22,7 @@ def main(args):
     stage = Stage("linear_probe", args)
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, "train800val200")
-    test_x, test_y = eval_tensors(cfg, load_data(cfg, "test"), device)
+    test = eval_loader(cfg, load_data(cfg, "test"), device)
     model = build_model(cfg, train.num_classes)
     set_subnet(model, {n: dict.fromkeys("ABCDE", "none") for n in glora_layers(model)})
     compact_subnet(model)
@@ -33,7 +33,7 @@ def main(args):
     trainer.fit()
     if not stage.main:
         return stage.close()
-    acc = evaluate(model, split_batches(test_x, test_y, cfg["data"]["eval_batch_size"]), device, cfg["train"]["amp"])
+    acc = evaluate(model, test, device, cfg["train"]["amp"])
     save_json(stage.dir / "results.json", {"task": cfg["data"]["task"], "test_acc": acc,
                                            "head_params": head_params(model),
                                            "trainable_params": count_params(model, trainable_only=True),

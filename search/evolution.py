@@ -5,6 +5,20 @@ generation, the top-k candidates seen so far breed by mutation (each layer's ten
 with a probability) and uniform crossover, and random candidates refill the population. Unlike
 the release, a candidate is never scored twice, every draw is bounded, and an infeasible budget
 fails at once.
+
+Two ways to score a generation faster, neither of which changes the search's course:
+- Sharding: under torchrun each of N ranks scores every N-th candidate and the ranks gather the
+  scores. Every rank breeds from the same records with the same RNG, so all propose the same
+  candidates, and the records equal those of one process.
+- Early stopping (exact): a candidate is scored against a floor, the accuracy of the k-th best
+  candidate so far (k = parents), and stops once even every remaining image right would leave it
+  below. Its recorded accuracy is then that bound: above its true accuracy, below the floor.
+  Why nothing changes: the floor is the k-th best of a growing set, so it never falls; the k
+  records above it outrank a stopped candidate for good (strictly: ties at the floor are scored
+  to the end). So a stopped candidate is never a parent, the best, or among the ranking's top k,
+  and every record that could be is scored in full, as in exhaustive scoring. The floor is fixed
+  at the start of each generation from earlier records, so a candidate's score never depends on
+  which rank scored it or in what order.
 """
 from __future__ import annotations
 
@@ -111,19 +125,34 @@ class CandidateSpace:
 class Record:
     key: Key
     params: int
-    acc1: float
+    acc1: float  # top-1 in percent; for a pruned candidate an upper bound, below the parents'
     generation: int
+    pruned: bool = False  # scoring stopped early (see the module docstring)
+    images: Optional[int] = None  # validation images forwarded to score it
+
+    def log_line(self) -> dict:
+        """The record as a line of candidates.jsonl."""
+        return {"generation": self.generation, "acc1": self.acc1, "pruned": self.pruned, "images": self.images,
+                "params": self.params, "layers": [",".join(c) for c in self.key]}
 
 
 class EvolutionSearch:
-    """Runs the generations; `state()`/`load_state()` make it resumable at generation boundaries."""
+    """Runs the generations; `state()`/`load_state()` make it resumable at generation boundaries.
 
-    def __init__(self, space: CandidateSpace, score: Callable[[dict], float], *, generations: int,
+    `score(subnet, floor)` returns a search.score.Score (acc1, pruned, seen) and may stop once
+    the accuracy cannot reach `floor`. Rank `rank` of `world_size` scores its share of each
+    generation; `gather(scores)` returns every rank's list, in rank order (one process: [scores]).
+    """
+
+    def __init__(self, space: CandidateSpace, score: Callable[[dict, float], object], *, generations: int,
                  population: int, parents: int, mutations: int, mutation_prob: float, crossovers: int,
-                 seed: int = 0):
+                 seed: int = 0, early_stop: bool = False, rank: int = 0, world_size: int = 1,
+                 gather: Callable[[list], list[list]] = lambda scores: [scores]):
         self.space, self.score = space, score
         self.generations, self.population, self.parents = generations, population, parents
         self.mutations, self.mutation_prob, self.crossovers = mutations, mutation_prob, crossovers
+        self.early_stop = early_stop
+        self.rank, self.world_size, self.gather = rank, world_size, gather
         self.rng = random.Random(seed)
         self.records: dict[Key, Record] = {}
         self.generation = 0  # generations completed
@@ -131,7 +160,7 @@ class EvolutionSearch:
     # --------------------------------------------------------------------------------- breeding
 
     def ranked(self, keys: Optional[Iterable[Key]] = None) -> list[Record]:
-        """Best first: higher accuracy, then fewer parameters."""
+        """Best first: higher accuracy, then fewer parameters (pruned ones rank below the top k)."""
         recs = self.records.values() if keys is None else [self.records[k] for k in keys]
         return sorted(recs, key=lambda r: (-r.acc1, r.params, r.key))
 
@@ -159,19 +188,40 @@ class EvolutionSearch:
         keys += self._new(lambda: self.space.sample(self.rng), self.population - len(keys), taken)
         return keys
 
+    def floor(self) -> float:
+        """The accuracy a new candidate must reach to matter: the k-th best so far (k = parents);
+        0 (never stop) without early stopping or while fewer than k candidates are scored."""
+        if not self.early_stop or self.parents < 1 or len(self.records) < self.parents:
+            return 0.0
+        return self.ranked()[self.parents - 1].acc1
+
     def step(self) -> list[Record]:
-        """Breed, score and record one generation; returns its records."""
+        """Breed, score (this rank's share) and record one generation; returns its records."""
         keys = self.next_population()
         if not keys:
             raise UserError("the search space within search.budget is exhausted: every subnet has been scored")
-        for key in keys:
-            self.records[key] = Record(key, self.space.params(key), float(self.score(self.space.subnet(key))),
-                                       self.generation)
+        floor = self.floor()
+        mine = [self.score(self.space.subnet(k), floor) for k in keys[self.rank::self.world_size]]
+        shares = self.gather(mine)
+        for i, key in enumerate(keys):
+            s = shares[i % self.world_size][i // self.world_size]
+            self.records[key] = Record(key, self.space.params(key), float(s.acc1), self.generation, s.pruned,
+                                       s.seen)
         self.generation += 1
         return [self.records[k] for k in keys]
 
     def best(self) -> Record:
         return self.ranked()[0]
+
+    def scalars(self, records: list[Record]) -> dict[str, float]:
+        """A generation's curves: the best so far, the mean of its fully scored candidates, and
+        the scoring work (images forwarded, candidates stopped early)."""
+        best, full = self.best(), [r.acc1 for r in records if not r.pruned]
+        out = {"search/best_acc1": best.acc1, "search/params_M": best.params / 1e6,
+               "search/images": sum(r.images or 0 for r in records), "search/pruned": sum(r.pruned for r in records)}
+        if full:
+            out["search/mean_acc1"] = sum(full) / len(full)
+        return out
 
     # --------------------------------------------------------------------------------- resume
 
@@ -180,7 +230,8 @@ class EvolutionSearch:
             "generation": self.generation,
             "rng": self.rng.getstate(),
             "records": [{"key": [list(c) for c in r.key], "params": r.params, "acc1": r.acc1,
-                         "generation": r.generation} for r in self.records.values()],
+                         "generation": r.generation, "pruned": r.pruned, "images": r.images}
+                        for r in self.records.values()],
         }
 
     def load_state(self, state: dict) -> None:
@@ -189,4 +240,5 @@ class EvolutionSearch:
         self.records = {}
         for r in state["records"]:
             key = tuples(r["key"])
-            self.records[key] = Record(key, int(r["params"]), float(r["acc1"]), int(r["generation"]))
+            self.records[key] = Record(key, int(r["params"]), float(r["acc1"]), int(r["generation"]),
+                                       bool(r.get("pruned", False)), r.get("images"))
