@@ -42,12 +42,13 @@ def decode_chunks(
         interpolation: str = "bicubic",
         workers: int | None = None,
         desc: str = "decode",
-        chunk: int = CHUNK,
+        chunk: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Decode and resize the entries' images in list order, `chunk` at a time: yields (start, uint8
-    (n, 3, img_size, img_size)). The yielded tensor is refilled by the next chunk: use it first.
-    A UserError names the first bad image in the list."""
+    (n, 3, img_size, img_size)), `chunk` defaulting to CHUNK. The yielded tensor is refilled by the
+    next chunk: use it first. A UserError names the first bad image in the list."""
     resample_mode(interpolation)  # a bad name fails here, once, rather than in every thread
+    chunk = chunk or CHUNK
     buffer = torch.empty((min(chunk, len(entries)), 3, img_size, img_size), dtype=torch.uint8)
 
     def decode(slot: int, e: Entry) -> None:

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load, save_file
+from safetensors.torch import load, load_file, save_file
 from torchvision import transforms as T
 
 import data.cache
 from data import (GROUPS, IMAGENET_MEAN, IMAGENET_STD, TASKS, VTABDataset, decode_image, get_task,
                   load_split, normalize, read_list, task_num_classes, write_list)
 from data.__main__ import main
-from data.cache import cache_file, cache_key
+from data.cache import CachedImages, cache_file, cache_key
 from glora.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,6 +278,58 @@ def test_cache_equals_uncached_exactly(task, monkeypatch):
         assert torch.equal(d.images[:], reference)
         assert d.labels.tolist() == [dataset[i][1] for i in range(len(dataset))]
         assert (d.task, d.split, d.num_classes, len(d)) == ("photos", "train800", 3, 12)
+    # written chunk by chunk, the file is the safetensors file that save_file would write
+    assert isinstance(built.images, CachedImages) and isinstance(cached.images, CachedImages)
+    on_disk = load_file(path)
+    assert on_disk.keys() == {"images", "labels"} and torch.equal(on_disk["images"], reference)
+    assert torch.equal(on_disk["labels"], uncached.labels)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["format_version"] == str(data.cache.FORMAT_VERSION)
+
+
+def test_cache_is_written_chunk_by_chunk(task, monkeypatch):
+    whole = _load(task, cache=False).images
+    real, sizes = data.cache.decode_chunks, []
+
+    def spy(*args, **kwargs):
+        for start, chunk in real(*args, **kwargs):
+            sizes.append(len(chunk))
+            yield start, chunk
+
+    monkeypatch.setattr(data.cache, "CHUNK", 5)
+    monkeypatch.setattr(data.cache, "decode_chunks", spy)
+    d = _load(task)
+    assert sizes == [5, 5, 2] and torch.equal(d.images[:], whole)
+
+
+def test_cached_images_read_rows_on_demand(task):
+    d = _load(task)
+    whole = _load(task, cache=False).images
+    assert d.images.shape == whole.shape and d.nbytes == whole.nbytes == 12 * 3 * 20 * 20
+    assert torch.equal(d.images[3:7], whole[3:7]) and d.images[5:5].shape == (0, 3, 20, 20)
+    rows = torch.tensor([11, 0, 4, 4])
+    assert torch.equal(d.images[rows], whole[rows])
+    assert torch.equal(d.images.to("cpu"), whole)
+
+
+def test_cache_cut_short_while_in_use_is_a_user_error(task):
+    d = _load(task)
+    path = task / ".cache" / "train800_20_bicubic.safetensors"
+    path.write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(UserError, match="cut short while in use.*delete it"):
+        d.images[10:12]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_split_larger_than_resident_mb_streams_the_same_batches(task, shuffle):
+    d = _load(task)
+    kw = dict(shuffle=shuffle, seed=3)
+    resident = d.loader(5, resident_mb=d.nbytes / 1e6, **kw)  # fits exactly: held whole
+    streamed = d.loader(5, resident_mb=(d.nbytes - 1) / 1e6, **kw)  # one byte over: read batch by batch
+    assert isinstance(resident.images, torch.Tensor) and isinstance(streamed.images, CachedImages)
+    for _ in range(2):  # two epochs: a new order each
+        for (xr, yr), (xs, ys) in zip(resident, streamed, strict=True):
+            assert torch.equal(xr, xs) and torch.equal(yr, ys) and xs.dtype == torch.float32
 
 
 def test_cache_dir_override_and_one_file_per_size_and_method(task, tmp_path):

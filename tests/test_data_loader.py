@@ -93,5 +93,8 @@ def test_loader_on_cuda_matches_cpu_bitwise():
     images, labels = _split(37)
     cpu = BatchLoader(images, labels, batch_size=8, shuffle=True, seed=5)
     gpu = BatchLoader(images, labels, batch_size=8, shuffle=True, seed=5).to("cuda")
-    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+    streamed = BatchLoader(images, labels, batch_size=8, shuffle=True, seed=5, device="cuda")  # split stays on host
+    for (xc, yc), (xg, yg), (xs, ys) in zip(cpu, gpu, streamed):
         assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
+        assert xs.is_cuda and torch.equal(xs.cpu(), xc) and torch.equal(ys.cpu(), yc)
+    assert not streamed.images.is_cuda
