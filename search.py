@@ -55,6 +55,7 @@ def main(args):
         seconds += time.perf_counter() - start
         for tag, value in evo.scalars(records).items():
             stage.writer.add_scalar(tag, value, evo.generation)
+        stage.writer.flush()  # every checkpointed generation has its curves on disk
         best = evo.best()
         bar.set_postfix(best=f"{best.acc1:.2f}", params=f"{best.params / 1e6:.3f}M")
         if stage.main:  # the candidate log is rewritten whole, so a resumed run never repeats a line

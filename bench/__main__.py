@@ -2,8 +2,10 @@
 measured in the same run, print a table, and write the figures as JSON.
 
 Sections: steps (supernet, fixed-config and retrain training steps, peak memory), search
-(candidates scored per minute), inference (merged vs plain vs unmerged), data (decode-once cache
-vs PIL decoding, from bench/data.py), and an estimate of one whole VTAB-1k task.
+(candidates scored per minute), pruning (the search with early stopping vs exhaustive scoring),
+inference (merged vs plain vs unmerged), data (decode-once cache vs PIL decoding, from
+bench/data.py), memory (peak memory of evaluation, a split vs one 10× larger), and an estimate of
+one whole VTAB-1k task.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from .report import FASTER, environment, print_table, row, skipped, write_json
 from .settings import make_settings
 
-SECTIONS = ("steps", "search", "inference", "data")
+SECTIONS = ("steps", "search", "pruning", "inference", "data", "memory")
 
 
 def _section(name: str, quick: bool, settings) -> list[dict]:
@@ -28,9 +30,15 @@ def _section(name: str, quick: bool, settings) -> list[dict]:
     if name == "search":
         from .search import bench_search
         return bench_search(settings)
+    if name == "pruning":
+        from .pruning import bench_pruning
+        return bench_pruning(settings)
     if name == "inference":
         from .inference import bench_inference
         return bench_inference(settings)
+    if name == "memory":
+        from .memory import bench_memory
+        return bench_memory(settings)
     from .data import bench_data
     return bench_data(quick=quick)
 

@@ -1,7 +1,7 @@
 """Peak memory of evaluation: a split and one 10× larger (`python -m bench.memory [--full]`).
 
 Each measurement runs in a fresh process that builds the split's decode cache and evaluates a
-small ViT on it in batches of data.eval_batch_size, then reports its peak resident memory
+small ViT on it (batches of 64 by default), then reports its peak resident memory
 (ru_maxrss, which counts every page the process touched, file pages included). The cache is
 written chunk by chunk and read batch by batch, so the peak must not grow with the split. The
 baseline evaluates as the stages did before: the whole split read and normalized at once.
@@ -90,12 +90,13 @@ def peaks(tmp: Path, images: int, factor: int, img_size: int, batch_size: int, d
     return out
 
 
-def bench_memory(s, images: int | None = None, factor: int = 10, img_size: int | None = None) -> list[dict]:
+def bench_memory(s, images: int | None = None, factor: int = 10, img_size: int | None = None,
+                 batch_size: int = 64) -> list[dict]:
     """Rows of bench.report: peak MB of evaluating the 10× split against the 1× split (ratio ~1:
-    memory does not grow), streamed and, for contrast, whole."""
-    images = images or (200 if s.quick else 500)
+    memory does not grow), streamed and, for contrast, whole. The small split holds a few batches
+    already, so that both peaks are the steady state of the same batch size."""
+    images = images or batch_size * (4 if s.quick else 8)
     img_size = img_size or s.img_size
-    batch_size = s.eval_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         p = peaks(Path(tmp), images, factor, img_size, batch_size, s.device.type)
     big, small = images * factor, images
@@ -117,7 +118,7 @@ def bench_memory(s, images: int | None = None, factor: int = 10, img_size: int |
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--full", action="store_true", help="500 vs 5000 images (default 200 vs 2000)")
+    p.add_argument("--full", action="store_true", help="512 vs 5120 images (default 256 vs 2560)")
     p.add_argument("--child", metavar="ROOT", help=argparse.SUPPRESS)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=256)

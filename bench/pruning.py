@@ -84,8 +84,8 @@ def bench_pruning(s: Settings, epochs: int | None = None, generations: int | Non
     return [
         row("pruning", "search, early stopping", secs["pruned"], "search, exhaustive scoring", secs["exhaustive"],
             FASTER, unit="s/search", same_best=same, note=what),
-        row("pruning", "images forwarded, early stopping", sum(pr["images"]), "exhaustive scoring",
-            sum(ex["images"]), unit="images", images_per_generation=pr["images"],
+        row("pruning", "images forwarded, early stopping", float(sum(pr["images"])), "exhaustive scoring",
+            float(sum(ex["images"])), unit="images", images_per_generation=pr["images"],
             baseline_images_per_generation=ex["images"], same_best=same,
             note=f"per generation: {pr['images']} vs {ex['images']}"),
     ]

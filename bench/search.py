@@ -1,4 +1,4 @@
-"""Search throughput: candidates scored per minute on the val200 images, held in memory.
+"""Search throughput: candidates scored per minute on the val200 images, held on the device.
 
 Ours is search.score.MergedScorer (W', b' written into a plain model, one plain forward per
 candidate); the baseline scores through the supernet's forward with the dense reference
@@ -11,6 +11,7 @@ import random
 
 import torch
 
+from data import BatchLoader
 from glora import glora_layers
 from search.evolution import CandidateSpace
 from search.score import MergedScorer, SupernetScorer
@@ -35,15 +36,16 @@ def bench_search(s: Settings) -> list[dict]:
             for p in layer.adapter_parameters().values():
                 p.normal_(0, 0.02)
     g = torch.Generator().manual_seed(s.seed)
-    images = torch.randn(s.val_images, 3, s.img_size, s.img_size, generator=g).to(s.device)
-    labels = torch.randint(0, s.num_classes, (s.val_images,), generator=g).to(s.device)
+    images = torch.randint(0, 256, (s.val_images, 3, s.img_size, s.img_size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, s.num_classes, (s.val_images,), generator=g)
     bs = s.eval_batch_size
+    val = BatchLoader(images, labels, batch_size=bs).to(s.device)  # uint8 on the device, normalized per batch
     scorers = {
-        "merged": MergedScorer(model, images, labels, bs, s.amp),
-        "dense": SupernetScorer(model, images, labels, bs, s.amp, dense=True),
+        "merged": MergedScorer(model, val, s.amp),
+        "dense": SupernetScorer(model, val, s.amp, dense=True),
     }
     if not s.quick:
-        scorers["structured"] = SupernetScorer(model, images, labels, bs, s.amp, dense=False)
+        scorers["structured"] = SupernetScorer(model, val, s.amp, dense=False)
     pool = candidates(s, model, s.search_reps + 1)
     turn = {name: iter(pool) for name in scorers}  # each scorer scores the same candidates, in order
 

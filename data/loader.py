@@ -69,15 +69,18 @@ class BatchLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         start, self._skip = self._skip, 0
         for b in range(start, len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
-            if order is None:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
-            else:
-                idx = order[lo:hi]
-                x, y = self.images[idx.to(self.images.device)], self.labels[idx.to(self.device)]
             self._done = b + 1
-            yield normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.dtype), y
+            yield self._batch(slice(b * self.batch_size, min((b + 1) * self.batch_size, n)), order)
         self._epoch_state, self._done = None, 0
+
+    def _batch(self, rows: slice, order) -> tuple[torch.Tensor, torch.Tensor]:
+        # A method, not inline in __iter__: the generator keeps no reference to a batch it handed out.
+        if order is None:
+            x, y = self.images[rows], self.labels[rows]
+        else:
+            idx = order[rows]
+            x, y = self.images[idx.to(self.images.device)], self.labels[idx.to(self.device)]
+        return normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.dtype), y
 
     def state_dict(self) -> dict:
         """Where the shuffling stands: enough to resume mid-epoch or between epochs exactly."""

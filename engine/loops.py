@@ -33,6 +33,7 @@ def count_correct(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], de
             logits = model(x.to(device, non_blocking=True))
         correct += (logits.argmax(-1) == y.to(device)).sum().item()
         seen += y.numel()
+        del x, logits  # before the next batch is read: memory holds one batch, not two
         if stop is not None and stop(correct, seen):
             break
     return correct, seen

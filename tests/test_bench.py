@@ -12,6 +12,8 @@ import bench.__main__ as cli
 from bench import steps as steps_mod
 from bench import variants as V
 from bench.inference import bench_inference
+from bench.memory import bench_memory
+from bench.pruning import bench_pruning
 from bench.report import row
 from bench.search import bench_search
 from bench.settings import make_settings
@@ -66,6 +68,28 @@ def test_search_and_inference_rows(tiny):
     assert [r["baseline"] for r in rows] == ["supernet forward, dense reference", "supernet forward, structured (ours)",
                                              "plain timm model", "unmerged GLoRA model (fixed subnet)"]
     assert rows[0]["target"].startswith("ratio <= 0.5") and rows[0]["weight_build_s"] > 0
+
+
+def test_evaluation_memory_does_not_grow_with_the_split(tiny):
+    """Fresh processes build a split's cache and evaluate it: 300 images, then 3000 (64 px). The
+    streamed peak stays put; the former whole-split evaluation grows by the float copy it made."""
+    rows = bench_memory(tiny, images=300, factor=10, img_size=64, batch_size=50)
+    check_rows(rows)
+    streamed, whole = rows
+    float_mb = 3000 * 3 * 64 * 64 * 4 / 2**20  # 141 MB: the large split in float32
+    assert streamed["ours_s"] - streamed["baseline_s"] < 0.1 * float_mb and streamed["met"]
+    assert whole["ours_s"] - whole["baseline_s"] > 0.5 * float_mb
+    assert "top-1 streamed == whole: True" in streamed["note"]
+
+
+@pytest.mark.slow
+def test_pruning_rows_forward_fewer_images_for_the_same_best(tiny):
+    rows = bench_pruning(tiny, epochs=2, generations=3, population=8, backbone_epochs=1)
+    check_rows(rows)
+    time_row, images_row = rows
+    assert time_row["same_best"] is True and images_row["same_best"] is True
+    assert len(images_row["images_per_generation"]) == 3 and images_row["baseline_s"] == 3 * 8 * 200
+    assert images_row["ours_s"] == sum(images_row["images_per_generation"]) <= images_row["baseline_s"]
 
 
 def test_retrain_model_is_compacted_near_the_scaled_budget(tiny):

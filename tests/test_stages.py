@@ -1,6 +1,7 @@
 """The three stages end to end on the bundled demo task, resume equivalence, and clear failures."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,128 @@ def test_import_a_supernet_state_dict_from_elsewhere(config, tmp_path):
             "--set", f"output={tmp_path / 'other'}")
     assert r.returncode == 2 and "check glora.ranks" in r.stderr
     assert not (tmp_path / "other" / "supernet").exists()
+
+
+def curves(tb_dir):
+    """Every TensorBoard scalar of a run, {tag: {step: value}} (a resumed run may log a step again)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def search_outputs(out):
+    folder = Path(out) / "search"
+    return (folder / "best_subnet.yaml").read_text(), (folder / "candidates.jsonl").read_text()
+
+
+def with_supernet_of(src, dst):
+    import shutil
+    shutil.copytree(Path(src) / "supernet", Path(dst) / "supernet")
+    return dst
+
+
+# val200 in batches of 5: early stopping decides between batches, and these candidates are close
+SEARCH = ["--set", "data.eval_batch_size=5", "--set", "search.generations=6", "--set", "device=cpu"]
+
+
+def test_early_stopping_search_equals_exhaustive(config, tmp_path):
+    run("train", config)
+    run("search", config, *SEARCH, "--set", "search.early_stop=false")
+    exhaustive = search_outputs(tmp_path / "run")
+    full = json.loads((tmp_path / "run" / "search" / "summary.json").read_text())
+    run("search", config, *SEARCH)
+    best, cands = search_outputs(tmp_path / "run")
+    assert best == exhaustive[0]
+    lines = [json.loads(l) for l in cands.splitlines()]
+    stopped = [c for c in lines if c["pruned"]]
+    assert stopped and all(c["images"] < 200 for c in stopped)
+    assert [c["layers"] for c in lines] == [json.loads(l)["layers"] for l in exhaustive[1].splitlines()]
+    summary = json.loads((tmp_path / "run" / "search" / "summary.json").read_text())
+    assert summary["candidates_pruned"] == len(stopped) and full["candidates_pruned"] == 0
+    assert summary["images_forwarded"] < full["images_forwarded"] == 200 * len(lines)
+
+
+def worker_pid(parent: int, rank: int):
+    """The pid of torchrun's worker of `rank` (Linux /proc), or None while it is not started."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(stat.parent.name)
+    return None
+
+
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, args)]
+
+
+def kill_rank_mid_run(cmd, ckpt, rank, after):
+    """Start `cmd` (torchrun), kill -9 its rank `rank` once checkpoint `ckpt` is past generation
+    `after`, and wait for torchrun to give up."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def generation():
+        try:
+            return yaml.safe_load(ckpt.read_text())["evolution"]["generation"]
+        except (OSError, TypeError, KeyError):
+            return 0
+
+    while generation() < after and proc.poll() is None:
+        time.sleep(0.01)
+    pid = worker_pid(proc.pid, rank)
+    assert pid is not None, "the search ended before a rank could be killed"
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait() != 0
+
+
+def test_torchrun_search_equals_one_process_even_after_kills(config, tmp_path):
+    """Two CPU processes score disjoint halves of each generation; rank 1, then rank 0, is killed
+    (-9) mid-run and the run resumed each time: the files and curves of one uninterrupted process."""
+    run("train", config, "--set", "train.epochs=2")
+    run("search", config, *SEARCH)
+    two = with_supernet_of(tmp_path / "run", tmp_path / "two")
+    cmd = torchrun(ROOT / "search.py", config, *SEARCH, "--set", f"output={two}")
+    kill_rank_mid_run(cmd, two / "search" / "checkpoint.yaml", rank=1, after=1)
+    kill_rank_mid_run(cmd + ["--resume"], two / "search" / "checkpoint.yaml", rank=0, after=3)
+    assert not (two / "search" / "best_subnet.yaml").exists()
+    r = cli(*(cmd + ["--resume"])[1:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert search_outputs(two) == search_outputs(tmp_path / "run")
+    assert curves(two / "search" / "tb") == curves(tmp_path / "run" / "search" / "tb")
+    assert json.loads((two / "search" / "summary.json").read_text())["processes"] == 2
+
+
+def test_retrain_streams_a_test_split_larger_than_resident_mb(config, tmp_path, monkeypatch):
+    """Held whole or read from the cache file batch by batch, the test split gives the same results."""
+    from data.cache import CachedImages
+
+    run("train", config, "--set", "train.epochs=1")
+    run("search", config, "--set", "search.generations=1")
+    run("retrain", config)
+    out = tmp_path / "run" / "retrain"
+    held = json.loads((out / "results.json").read_text())
+    merged = load_file(out / "merged.safetensors")
+    reads, real = [], CachedImages.__getitem__
+
+    def counted(self, rows):
+        batch = real(self, rows)
+        reads.append(len(batch))
+        return batch
+
+    monkeypatch.setattr(CachedImages, "__getitem__", counted)
+    run("retrain", config, "--set", "data.resident_mb=0", "--set", "data.eval_batch_size=100")
+    streamed = json.loads((out / "results.json").read_text())
+    # train800val200 streams too (in batches of 64); the 797 test images come in batches of 100, twice
+    assert reads.count(97) == 2 and max(reads) <= 100
+    for key in ("test_acc", "test_acc_merged", "adapter_params"):
+        assert streamed[key] == held[key]
+    again = load_file(out / "merged.safetensors")
+    assert all(torch.equal(merged[k], again[k]) for k in merged)
