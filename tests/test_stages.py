@@ -320,7 +320,7 @@ def worker_pid(parent: int, rank: int):
 
 
 def torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, args)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
 
 
 def kill_rank_mid_run(cmd, ckpt, rank, after):
