@@ -113,14 +113,14 @@ def bench_memory(s, images: int | None = None, factor: int = 10, img_size: int |
     what = (f"{small} vs {big} images at {img_size} px, batch {batch_size}, tiny ViT; fresh process each "
             f"(cache built in the streamed runs); top-1 streamed == whole: "
             f"{all(p[n, 'streamed']['acc1'] == p[n, 'whole']['acc1'] for n in ('small', 'large'))}")
-    rows = [row("memory", f"evaluation peak RSS, {big} images", p["large", "streamed"]["peak_mb"],
+    rows = [row("memory", f"evaluation peak RSS, {big} img", p["large", "streamed"]["peak_mb"],
                 f"the same, {small} images", p["small", "streamed"]["peak_mb"], at_most(1.1), unit="MB",
                 note=f"streamed from the cache file (and built there); {what}"),
-            row("memory", f"whole-split evaluation peak RSS, {big} images", p["large", "whole"]["peak_mb"],
+            row("memory", f"whole-split eval peak RSS, {big} img", p["large", "whole"]["peak_mb"],
                 f"the same, {small} images", p["small", "whole"]["peak_mb"], unit="MB",
                 note="before: the whole split normalized at once (grows with the split)")]
     if s.device.type == "cuda":
-        rows.append(row("memory", f"evaluation peak GPU memory, {big} images",
+        rows.append(row("memory", f"evaluation peak GPU memory, {big} img",
                         p["large", "streamed"]["device_peak_mb"], f"the same, {small} images",
                         p["small", "streamed"]["device_peak_mb"], at_most(1.1), unit="MB"))
     return rows
