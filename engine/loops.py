@@ -1,42 +1,19 @@
-"""The training and evaluation loops shared by the supernet and the retrain stages."""
+"""The training and evaluation loops shared by the supernet and the retrain stages.
+
+The top-1 count itself lives in search/score.py, which scores candidates with it (and which may
+not import the harness): one formula for every accuracy the project reports.
+"""
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterable, Optional
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from search.score import autocast, count_correct, percent
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op elsewhere (bf16 matmuls on CPUs are slow or inexact)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def percent(correct: int, total: int) -> float:
-    """Top-1 accuracy in percent: the one formula, so that accuracies compare exactly."""
-    return 100.0 * correct / max(total, 1)
-
-
-@torch.inference_mode()
-def count_correct(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-                  amp: bool = True, stop: Optional[Callable[[int, int], bool]] = None) -> tuple[int, int]:
-    """(correct, seen) top-1 over (images, labels) batches, the model in eval mode; `stop(correct,
-    seen)`, asked after each batch, may end the count early."""
-    model.eval()
-    correct = seen = 0
-    for x, y in batches:
-        with autocast(device, amp):
-            logits = model(x.to(device, non_blocking=True))
-        correct += (logits.argmax(-1) == y.to(device)).sum().item()
-        seen += y.numel()
-        del x, logits  # before the next batch is read: memory holds one batch, not two
-        if stop is not None and stop(correct, seen):
-            break
-    return correct, seen
+__all__ = ["autocast", "count_correct", "evaluate", "percent", "train_step"]
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
