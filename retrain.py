@@ -2,7 +2,8 @@
 import copy
 import time
 
-from glora import compact_subnet, load_adapters, load_subnet, merge_glora, save_adapters, set_subnet, subnet_params
+from glora import compact_subnet, load_adapters, merge_glora, save_adapters, save_subnet, set_subnet, subnet_params
+from engine import method
 from engine.loops import evaluate
 from glora.errors import UserError
 from engine.experiment import build_model, eval_loader, load_data, train_loader
@@ -18,30 +19,27 @@ from engine.trainer import Trainer
 def main(args):
     stage = Stage("retrain", args)
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
-    subnet_file = stage.root / "search" / "best_subnet.yaml"
-    supernet_file = stage.root / "supernet" / "supernet.safetensors"
-    if not subnet_file.is_file():
-        raise UserError(f"{subnet_file}: no searched subnet; run search.py with this config first")
-    if r["init"] not in ("supernet", "scratch"):
-        raise UserError(f"retrain.init={r['init']!r}: use supernet or scratch")
+    supernet_file = method.supernet_file(cfg)
     if r["init"] == "supernet" and not supernet_file.is_file():
         raise UserError(f"{supernet_file}: no trained supernet to start from; run train.py or set retrain.init=scratch")
 
     train = load_data(cfg, "train800val200")
     test = eval_loader(cfg, load_data(cfg, "test"), device)  # streamed from its cache file if large
     model = build_model(cfg, train.num_classes)
-    subnet, meta = load_subnet(subnet_file, model)
+    subnet, meta = method.retrain_subnet(cfg, model)
     if r["init"] == "supernet":
         load_adapters(model, supernet_file)
     set_subnet(model, subnet)
     compact_subnet(model)  # only the subnet's own parameters exist, and train
     mark_trainable(model)
+    backbone_params = method.train_backbone(model, r["backbone"])
     model.to(device)
     adapter_params = subnet_params(model, subnet)
     if "params" in meta and meta["params"] != adapter_params:
-        raise UserError(f"{subnet_file}: says {meta['params']} parameters but counts {adapter_params}; "
-                        "it was searched with other glora settings")
-    log.info("subnet: %d adapter parameters (+ head %d), init from %s", adapter_params, head_params(model), r["init"])
+        raise UserError(f"retrain.subnet={r['subnet']}: the file says {meta['params']} parameters but they count "
+                        f"{adapter_params}; it was searched with other glora settings")
+    log.info("%s: subnet %s with %d adapter parameters (+ backbone %d, head %d), init from %s", cfg["method"],
+             r["subnet"], adapter_params, backbone_params, head_params(model), r["init"])
 
     trainer = Trainer(stage, model, train_loader(cfg, train, device), r, amp=cfg["train"]["amp"])
     trainer.start()
@@ -54,28 +52,31 @@ def main(args):
     if not stage.main:
         return stage.close()
     save_adapters(model, stage.dir / "adapters.safetensors")
+    save_subnet(stage.dir / "subnet.yaml", subnet, params=adapter_params, source=r["subnet"])
 
     merged = merge_glora(copy.deepcopy(model))
     start = time.perf_counter()
-    test_acc_merged = evaluate(merged, test, device, amp=False)
+    # A subnet of none but `none` merges into the very same layers: no merge applies, nothing to test.
+    test_acc_merged = evaluate(merged, test, device, amp=False) if adapter_params else None
     merged_eval_seconds = time.perf_counter() - start
     path = export_merged(merged, stage.dir / "merged.safetensors",
                          {"model": cfg["model"]["name"], "num_classes": train.num_classes})
     stage.writer.add_scalar("perf/test_acc1", test_acc, trainer.epoch)
-    stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
+    if test_acc_merged is not None:
+        stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
 
-    summaries = {s: stage.root / s / "summary.json" for s in ("supernet", "search")}
     timings = {"retrain_train_s": trainer.train_seconds, "test_eval_s": eval_seconds,
                "test_eval_merged_s": merged_eval_seconds}
+    upstream = method.upstream(cfg)
     for key, s, field in (("supernet_train_s", "supernet", "train_seconds"), ("search_s", "search", "search_seconds")):
-        if summaries[s].is_file():
-            timings[key] = load_yaml(summaries[s]).get(field)
+        if s in upstream and (upstream[s] / "summary.json").is_file():
+            timings[key] = load_yaml(upstream[s] / "summary.json").get(field)
     results = {
-        "task": cfg["data"]["task"], "model": cfg["model"]["name"], "num_classes": train.num_classes,
-        "test_acc": test_acc, "test_acc_merged": test_acc_merged,
-        "adapter_params": adapter_params, "head_params": head_params(merged),
-        "trainable_params": count_params(model, trainable_only=True),
-        "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
+        "method": cfg["method"], "task": cfg["data"]["task"], "model": cfg["model"]["name"],
+        "num_classes": train.num_classes, "test_acc": test_acc, "test_acc_merged": test_acc_merged,
+        "adapter_params": adapter_params, "backbone_params": backbone_params, "head_params": head_params(merged),
+        "trainable_params": count_params(model, trainable_only=True), "subnet": r["subnet"],
+        "backbone": r["backbone"], "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
         "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
     }
     save_json(stage.dir / "results.json", results)
@@ -84,11 +85,13 @@ def main(args):
                     interpolation=d["interpolation"], model_args=cfg["model"]["kwargs"], weights=path,
                     name=f"{cfg['model']['name']}.glora_{d['task']}", details={
                         "Task": f"{d['task']} ({train.num_classes} classes)",
-                        "Protocol": "supernet on train800, search on val200, retrain on train800val200; "
-                                    "test accuracy of the final epoch, evaluated once",
-                        "Test accuracy (%)": round(test_acc_merged, 2), "Adapter parameters": adapter_params,
+                        "Method": f"{cfg['method']} (subnet {r['subnet']}, backbone {r['backbone']}, init {r['init']})",
+                        "Protocol": "supernet on train800, search on val200 (where the method has them), retrain "
+                                    "on train800val200; test accuracy of the final epoch, evaluated once",
+                        "Test accuracy (%)": round(test_acc if test_acc_merged is None else test_acc_merged, 2), "Adapter parameters": adapter_params,
                         "Head parameters": results["head_params"]})
-    log.info("test acc1 %.2f, merged %.2f, %d adapter params -> %s", test_acc, test_acc_merged, adapter_params, path)
+    log.info("test acc1 %.2f, merged %s, %d trainable params -> %s", test_acc,
+             "–" if test_acc_merged is None else f"{test_acc_merged:.2f}", results["trainable_params"], path)
     stage.close()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine import distributed
+from engine import distributed, method
 from glora import load_adapters, save_subnet
 from glora.errors import UserError
 from engine.experiment import build_model, eval_loader, load_data
@@ -21,7 +21,7 @@ from search.score import MergedScorer
 def main(args):
     stage = Stage("search", args)
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
-    supernet_file = stage.root / "supernet" / "supernet.safetensors"
+    supernet_file = method.supernet_file(cfg)
     if not supernet_file.is_file():
         raise UserError(f"{supernet_file}: no trained supernet; run train.py with this config first")
     val = load_data(cfg, "val200")

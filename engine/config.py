@@ -1,9 +1,9 @@
-"""Experiment config: defaults.yaml, then the experiment's YAML, then `--set key=value` overrides."""
+"""Experiment config: defaults.yaml, then the experiment's YAML file(s), then `--set key=value` overrides."""
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import yaml
 
@@ -11,14 +11,17 @@ from glora.errors import UserError
 from glora.io import load_yaml, save_yaml
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
-FREE_FORM = {"model.kwargs"}  # passed through to timm; any key is allowed
+# Mappings merged key by key (null empties them): timm's kwargs take any key; the space and the
+# uniform layer config are checked where they are used (glora.space names the valid choices).
+FREE_FORM = {"model.kwargs", "glora.space", "retrain.uniform"}
 ANY_TYPE = {"model.pretrained"}  # false, a hub tag or a path
 
 
-def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> dict:
-    """The resolved config of one experiment (a nested dict)."""
+def load_config(paths: Union[str, Sequence[str], None] = None, overrides: Iterable[str] = ()) -> dict:
+    """The resolved config of one experiment (a nested dict); several files apply in order,
+    e.g. a task's config, then a method preset (configs/methods/NAME.yaml)."""
     cfg = load_yaml(DEFAULTS)
-    if path is not None:
+    for path in [paths] if isinstance(paths, (str, Path)) else paths or []:
         user = load_yaml(path) or {}
         if not isinstance(user, dict):
             raise UserError(f"{path}: a config file is a YAML mapping of sections (model, data, ...)")
@@ -67,7 +70,7 @@ def _merge(base: dict, new: dict, where: str, prefix: str) -> None:
         if full in FREE_FORM:
             if value is not None and not isinstance(value, dict):
                 raise UserError(f"{where}: {full} is a mapping of keyword arguments, got {value!r}")
-            base[key] = {**(base[key] or {}), **copy.deepcopy(value or {})}
+            base[key] = None if value is None else {**(base[key] or {}), **copy.deepcopy(value)}
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise UserError(f"{where}: {full} is a section (keys {sorted(base[key])}), got {value!r}")

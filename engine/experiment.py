@@ -27,7 +27,7 @@ def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = Non
         raise UserError(f"data.img_size={want[0]} but model {m['name']} takes {tuple(size)} images: "
                         "set model.kwargs.img_size to the same size")
     try:
-        space = SearchSpace(g["ranks"])
+        space = SearchSpace(g["ranks"], g["space"])
         inject_glora(model, space, g["targets"], g["exclude"] or None, rng=sampler)
     except ValueError as e:
         raise UserError(f"glora config: {e}") from None

@@ -15,7 +15,7 @@ import torch
 from glora.errors import UserError
 from glora.io import tuples
 
-from . import distributed
+from . import distributed, method
 from .config import load_config, save_config
 
 log = logging.getLogger("glora")
@@ -23,7 +23,8 @@ log = logging.getLogger("glora")
 
 def parse_args(argv: Optional[list[str]] = None, description: Optional[str] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("config", nargs="?", help="experiment YAML (defaults: configs/defaults.yaml)")
+    p.add_argument("config", nargs="*", help="experiment YAML(s), applied in order over configs/defaults.yaml "
+                   "(e.g. configs/vtab/dtd.yaml configs/methods/lora.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue this stage from its last checkpoint")
@@ -48,6 +49,7 @@ class Stage:
     def __init__(self, name: str, args: argparse.Namespace):
         self.name = name
         self.cfg = load_config(args.config, args.overrides)
+        method.check(self.cfg)
         self.resume = args.resume
         self.root = Path(self.cfg["output"])
         self.dir = self.root / name

@@ -11,7 +11,7 @@ _EXPORTS = {
     "GLoRALinear": "layer", "STORAGE": "layer",
     "inject_glora": "inject", "set_subnet": "inject", "subnet_params": "inject", "compact_subnet": "inject",
     "current_subnet": "inject", "glora_layers": "inject", "head_params": "inject", "mark_trainable": "inject",
-    "param_bounds": "inject", "sample_subnet": "inject", "set_sampler": "inject",
+    "param_bounds": "inject", "sample_subnet": "inject", "set_sampler": "inject", "uniform_subnet": "inject",
     "merge_glora": "merge", "export_merged": "merge", "load_adapters": "merge", "save_adapters": "merge",
     "save_hub_folder": "hub",
     "create_model": "model",

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Optional
 from torch import nn
 
 from .layer import GLoRALinear
-from .space import LayerConfig, SearchSpace
+from .space import BIAS_TENSORS, TENSORS, LayerConfig, SearchSpace
 
 Subnet = dict  # {qualified layer name: layer config}
 
@@ -113,6 +113,20 @@ def set_subnet(model: nn.Module, subnet: Optional[Mapping[str, LayerConfig]]) ->
 def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:
     """A random subnet: each layer's config drawn uniformly from its space."""
     return {n: l.space.sample(rng, l.has_bias) for n, l in glora_layers(model).items()}
+
+
+def uniform_subnet(model: nn.Module, cfg: Mapping[str, str]) -> Subnet:
+    """One layer config for every adapted layer; a tensor `cfg` leaves out is "none".
+
+    A layer without bias takes none of C, D, E (it has no bias to hold them), as its space says.
+    """
+    unknown = sorted(set(cfg) - set(TENSORS))
+    if unknown:
+        raise ValueError(f"unknown tensors {unknown} in a layer config; the tensors are {list(TENSORS)}")
+    full = {t: str(cfg.get(t, "none")) for t in TENSORS}
+    no_bias = {**full, **dict.fromkeys(BIAS_TENSORS, "none")}
+    return {n: l.space.validate(full if l.has_bias else no_bias, l.has_bias, where=n)
+            for n, l in glora_layers(model).items()}
 
 
 def current_subnet(model: nn.Module) -> Subnet:

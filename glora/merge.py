@@ -10,6 +10,7 @@ from torch import nn
 from .errors import UserError
 from .inject import compact_subnet, current_subnet, glora_layers, head_names, set_subnet
 from .io import load_tensors, save_tensors, tensors_metadata
+from .space import SearchSpace
 
 ADAPTER_FORMAT = "glora-adapters/1"
 
@@ -56,6 +57,7 @@ def save_adapters(model: nn.Module, path, extra: Optional[dict] = None) -> Path:
     meta = {
         "format": ADAPTER_FORMAT,
         "ranks": json.dumps(list(space.ranks)),
+        "space": json.dumps(space.choices),
         "layers": json.dumps(_layer_signature(model)),
         "subnet": json.dumps(current_subnet(model) if fixed else None),
         "compact": json.dumps(all(l.compacted for l in layers.values())),
@@ -75,13 +77,20 @@ def load_adapters(model: nn.Module, path, strict_head: bool = True) -> dict:
     """Load an adapters-only file onto a model with GLoRA injected; return the file's metadata.
 
     Refuses a file made for another model (layer names/shapes), another space (ranks) or
-    another head. A file holding a compacted subnet fixes and compacts the model's layers first.
+    another head, and a supernet trained on a space without some of the model's choices (their
+    storage never trained). A file holding a compacted subnet fixes and compacts the model's layers first.
     """
     meta = read_adapter_metadata(path)
     layers = glora_layers(model)
     space = next(iter(layers.values())).space
     if meta["ranks"] != list(space.ranks):
         raise UserError(f"{path}: adapters were made with glora.ranks={meta['ranks']}, this model has {list(space.ranks)}")
+    trained = SearchSpace(meta["ranks"], meta.get("space")).choices  # files without "space" hold the full one
+    untrained = {t: [c for c in cs if c not in trained[t]] for t, cs in space.choices.items()}
+    untrained = {t: cs for t, cs in untrained.items() if cs}
+    if meta["subnet"] is None and untrained:
+        raise UserError(f"{path}: this supernet was trained on glora.space {trained}, without {untrained} "
+                        "(their storage never trained); set glora.space within it")
     ours = json.loads(json.dumps(_layer_signature(model)))
     if meta["layers"] != ours:
         diff = sorted(set(meta["layers"]).symmetric_difference(ours)) or sorted(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Mapping
+from typing import Iterable, Mapping, Optional
 
 TENSORS = ("A", "B", "C", "D", "E")
 LayerConfig = dict  # {"A": "lora_4", "B": "vector", "C": "none", "D": "scalar", "E": "vector"}
@@ -43,26 +43,32 @@ def choice_params(tensor: str, choice: str, in_features: int, out_features: int)
 
 
 class SearchSpace:
-    """The paper's per-layer space: A, B (weight scale/shift), C (prompt), D, E (bias scale/shift)."""
+    """The paper's per-layer space: A, B (weight scale/shift), C (prompt), D, E (bias scale/shift).
 
-    def __init__(self, ranks=(4,)):
+    `restrict` keeps a subset of each tensor's choices (a tensor it leaves out keeps all of them):
+    `{"A": ["none"], "B": ["lora_8"], "C": ["none"], "D": ["none"], "E": ["none"]}` is LoRA of
+    rank 8. Sampling, validation, counts and bounds all follow it.
+    """
+
+    def __init__(self, ranks=(4,), restrict: Optional[Mapping[str, Iterable[str]]] = None):
         ranks = tuple(sorted({int(r) for r in ranks}))
         if not ranks or ranks[0] < 1:
             raise ValueError(f"LoRA ranks must be positive integers, got {list(ranks)}")
         self.ranks = ranks
-        self.choices = {
-            t: [f"lora_{r}" for r in ranks] * (t in _HAS_LORA) + list(_KINDS[t]) for t in TENSORS
-        }
+        full = {t: [f"lora_{r}" for r in ranks] * (t in _HAS_LORA) + list(_KINDS[t]) for t in TENSORS}
+        self.choices = full if restrict is None else _restricted(full, restrict, ranks)
 
     @property
     def max_rank(self) -> int:
         return self.ranks[-1]
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, SearchSpace) and self.ranks == other.ranks
+        return isinstance(other, SearchSpace) and self.ranks == other.ranks and self.choices == other.choices
 
     def __repr__(self) -> str:
-        return f"SearchSpace(ranks={self.ranks})"
+        full = SearchSpace(self.ranks).choices
+        restrict = {t: c for t, c in self.choices.items() if c != full[t]}
+        return f"SearchSpace(ranks={self.ranks}{f', restrict={restrict}' if restrict else ''})"
 
     def layer_choices(self, has_bias: bool = True) -> dict[str, list[str]]:
         """Choices for one layer; a layer without bias takes none of the bias tensors C, D, E."""
@@ -88,7 +94,8 @@ class SearchSpace:
                 f"unknown {sorted(unknown)}, missing {sorted(missing)}"
             )
         for t in TENSORS:
-            if cfg[t] not in self.choices[t]:
+            # "none" is a bias tensor's one choice on a layer without bias, whatever the restriction.
+            if cfg[t] not in self.choices[t] and not (cfg[t] == "none" and not has_bias and t in BIAS_TENSORS):
                 raise ValueError(f"{where}: {t}={cfg[t]!r} is not a valid choice; valid: {self.choices[t]}")
         out = {t: str(cfg[t]) for t in TENSORS}
         if not has_bias:
@@ -110,3 +117,23 @@ class SearchSpace:
             for t, cs in self.layer_choices(has_bias).items()
         ]
         return sum(map(min, per_tensor)), sum(map(max, per_tensor))
+
+
+def _restricted(full: dict[str, list[str]], restrict: Mapping, ranks: tuple) -> dict[str, list[str]]:
+    """`full` with each tensor named in `restrict` cut to the choices listed there (in `full`'s order)."""
+    if not isinstance(restrict, Mapping):
+        raise ValueError(f"space: a mapping of tensors {list(TENSORS)} to lists of choices, got {restrict!r}")
+    unknown = sorted(set(restrict) - set(TENSORS))
+    if unknown:
+        raise ValueError(f"space: unknown tensors {unknown}; the tensors are {list(TENSORS)}")
+    out = dict(full)
+    for t, allowed in restrict.items():
+        allowed = [allowed] if isinstance(allowed, str) else allowed
+        if not isinstance(allowed, (list, tuple)) or not allowed:
+            raise ValueError(f"space: {t} takes a non-empty list of choices from {full[t]}, got {allowed!r}")
+        for c in allowed:
+            if c not in full[t]:
+                hint = f" (lora_<r> takes r from the ranks {list(ranks)})" if str(c).startswith("lora_") else ""
+                raise ValueError(f"space: {t}={c!r} is not a valid choice; valid: {full[t]}{hint}")
+        out[t] = [c for c in full[t] if c in allowed]
+    return out

@@ -37,7 +37,7 @@ def main():
     images = normalize(load_data(cfg, "train800").images[:], d["mean"], d["std"])  # the demo's small split, whole
     x = torch.cat([torch.rot90(images, k, (2, 3)) for k in range(4)])
     y = torch.arange(4).repeat_interleave(len(images))
-    model = timm.create_model(cfg["model"]["name"], num_classes=4, **cfg["model"]["kwargs"])
+    model = timm.create_model(cfg["model"]["name"], num_classes=4, **(cfg["model"]["kwargs"] or {}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     model.train()
     for epoch in range(args.epochs):

@@ -1,0 +1,134 @@
+"""What a method is made of: the stages it runs, the subnet its retrain trains, what else trains.
+
+Baselines are configs here, not pipelines: LoRA or scale-and-shift restrict `glora.space`;
+`retrain.subnet` says where the retrained subnet comes from (the search, one layer config for
+every layer, a seeded random draw within the budget, or a subnet file); `retrain.backbone` adds
+the backbone's biases (BitFit) or all of it (full fine-tuning) to the adapters and head.
+configs/methods/ holds one preset per method.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from torch import nn
+
+from glora.errors import UserError
+from glora.inject import Subnet, head_names, uniform_subnet
+from glora.space import TENSORS, SearchSpace
+from glora.subnet import load_subnet
+from search.evolution import CandidateSpace
+
+SUBNETS = ("searched", "uniform", "random")  # or the path of a subnet YAML
+BACKBONES = ("frozen", "bias", "all")
+INITS = ("supernet", "scratch")
+STAGE_SCRIPTS = {"supernet": "train.py", "search": "search.py", "retrain": "retrain.py"}
+
+
+def check(cfg: dict) -> None:
+    """The method's keys are valid and fit together (every stage checks them before any work)."""
+    r = cfg["retrain"]
+    for key, valid in (("init", INITS), ("backbone", BACKBONES)):
+        if r[key] not in valid:
+            raise UserError(f"retrain.{key}={r[key]!r}: use one of {', '.join(valid)}")
+    subnet = r["subnet"]
+    if not isinstance(subnet, str) or (subnet not in SUBNETS and Path(subnet).suffix not in (".yaml", ".yml")):
+        raise UserError(f"retrain.subnet={subnet!r}: use {', '.join(SUBNETS)}, or the path of a subnet YAML "
+                        "(e.g. another run's search/best_subnet.yaml)")
+    try:
+        SearchSpace(cfg["glora"]["ranks"], cfg["glora"]["space"])
+    except ValueError as e:
+        raise UserError(f"glora config: {e}") from None
+    if subnet == "uniform":
+        uniform_config(cfg)
+    if subnet != "uniform" and r["uniform"] is not None:
+        raise UserError(f"retrain.uniform is set but retrain.subnet={subnet!r} does not use it: "
+                        "set retrain.subnet=uniform, or retrain.uniform=null")
+
+
+def uniform_config(cfg: dict) -> dict:
+    """retrain.uniform, or the one layer config of a `glora.space` with one choice per tensor."""
+    layer, space = cfg["retrain"]["uniform"], cfg["glora"]["space"] or {}
+    if layer is not None:
+        return layer
+    choices = {t: [c] if isinstance(c, str) else c for t, c in space.items()}
+    if set(choices) != set(TENSORS) or any(not isinstance(c, list) or len(c) != 1 for c in choices.values()):
+        raise UserError("retrain.subnet=uniform needs retrain.uniform, the layer config of every layer, e.g. "
+                        "{A: vector, B: lora_4, D: vector} (tensors left out are none; {} trains the head alone), "
+                        "or a glora.space with one choice for each of A..E")
+    return {t: c[0] for t, c in choices.items()}
+
+
+def supernet_file(cfg: dict) -> Path:
+    """The supernet that search and retrain (init: supernet) read: the run's own, or `supernet`."""
+    return Path(cfg["supernet"] or Path(cfg["output"]) / "supernet" / "supernet.safetensors")
+
+
+def upstream(cfg: dict) -> dict[str, Path]:
+    """The folders of the stages the retrain builds on: the supernet's if the search or the
+    retrain's init reads one, the search's for a searched subnet."""
+    r = cfg["retrain"]
+    searched = r["subnet"] == "searched"
+    folders = {"supernet": supernet_file(cfg).parent} if searched or r["init"] == "supernet" else {}
+    return {**folders, **({"search": Path(cfg["output"]) / "search"} if searched else {})}
+
+
+def stages(cfg: dict) -> list[str]:
+    """The stages the method runs, in order; a supernet that `supernet` names is trained elsewhere."""
+    check(cfg)
+    return [s for s in upstream(cfg) if not (s == "supernet" and cfg["supernet"])] + ["retrain"]
+
+
+def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:
+    """The subnet the retrain trains, with what its source records of it (params, val_acc1, ...)."""
+    r, source = cfg["retrain"], cfg["retrain"]["subnet"]
+    if source == "searched":
+        path = Path(cfg["output"]) / "search" / "best_subnet.yaml"
+        if not path.is_file():
+            raise UserError(f"{path}: no searched subnet; run search.py with this config first "
+                            "(or set retrain.subnet to uniform, random or a subnet file)")
+        return load_subnet(path, model)
+    if source == "uniform":
+        try:
+            return uniform_subnet(model, uniform_config(cfg)), {}
+        except ValueError as e:
+            raise UserError(f"retrain.uniform: {e}") from None
+    if source == "random":  # the draw that starts the search, without the search
+        s = cfg["search"]
+        space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
+        return space.subnet(space.sample(random.Random(cfg["seed"]))), {"budget": list(s["budget"])}
+    return load_subnet(source, model)
+
+
+def train_backbone(model: nn.Module, backbone: str) -> int:
+    """Let the backbone parameters that `retrain.backbone` names train too (biases: every
+    parameter named `bias`; all: every parameter); returns how many elements that adds."""
+    heads = tuple(f"{h}." for h in head_names(model))
+    added = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad or name.startswith(heads):
+            continue
+        if backbone == "all" or (backbone == "bias" and name.rpartition(".")[2] == "bias"):
+            p.requires_grad_(True)
+            added += p.numel()
+    return added
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.method CONFIG... [--set k=v]` prints the scripts of the method's stages."""
+    import sys
+
+    from .config import load_config
+    from .run import parse_args
+
+    args = parse_args(argv, description=main.__doc__)
+    try:
+        print(" ".join(STAGE_SCRIPTS[s] for s in stages(load_config(args.config, args.overrides))))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
