@@ -62,3 +62,45 @@ def test_closed_form_counts():
     lo, hi = s.bounds(i, o)
     assert lo == 0 and hi == 2 * 8 * (i + o) + 8 * (i + 1) + 2 * o
     assert s.bounds(i, o, has_bias=False)[1] == hi - 8 * (i + 1) - 2 * o  # no C, D, E
+
+
+def test_a_restriction_keeps_its_choices_in_the_space_order_and_counts_follow_it():
+    s = SearchSpace((4, 8), restrict={"A": ["none"], "B": ["lora_8", "vector"], "C": "none", "D": ["none"]})
+    assert s.choices == {"A": ["none"], "B": ["lora_8", "vector"], "C": ["none"], "D": ["none"],
+                         "E": ["vector", "scalar", "none"]}  # E, left out, keeps all
+    assert s != SearchSpace((4, 8)) and s == SearchSpace((4, 8), {"B": ["vector", "lora_8"], "A": ["none"],
+                                                                   "C": ["none"], "D": ["none"]})
+    assert "restrict=" in repr(s) and "restrict" not in repr(SearchSpace((4, 8)))
+    i, o = 7, 11
+    assert s.bounds(i, o) == (o, 8 * (i + o) + o)  # B at least a vector; E at most a vector
+    rng = random.Random(0)
+    for _ in range(200):
+        cfg = s.sample(rng)
+        assert all(cfg[t] in s.choices[t] for t in TENSORS)
+    with pytest.raises(ValueError, match=r"B='lora_4' is not a valid choice"):
+        s.validate({"A": "none", "B": "lora_4", "C": "none", "D": "none", "E": "none"})
+
+
+def test_an_invalid_restriction_names_the_valid_choices():
+    with pytest.raises(ValueError, match=r"B='lora_8' is not a valid choice; valid: \['lora_4', 'vector', "
+                                         r"'scalar', 'none'\] \(lora_<r> takes r from the ranks \[4\]\)"):
+        SearchSpace((4,), restrict={"B": ["lora_8"]})
+    with pytest.raises(ValueError, match=r"D='lora_4' is not a valid choice; valid: \['vector', 'scalar', 'none'\]"):
+        SearchSpace((4,), restrict={"D": ["lora_4"]})
+    with pytest.raises(ValueError, match=r"unknown tensors \['F'\]"):
+        SearchSpace((4,), restrict={"F": ["none"]})
+    with pytest.raises(ValueError, match="A takes a non-empty list"):
+        SearchSpace((4,), restrict={"A": []})
+    with pytest.raises(ValueError, match="a mapping of tensors"):
+        SearchSpace((4,), restrict=["none"])
+
+
+def test_a_layer_without_bias_takes_none_of_c_d_e_whatever_the_restriction():
+    s = SearchSpace((4,), restrict={"C": ["vector"], "D": ["vector"], "E": ["scalar"]})
+    assert s.layer_choices(has_bias=False) == {"A": s.choices["A"], "B": s.choices["B"],
+                                               "C": ["none"], "D": ["none"], "E": ["none"]}
+    cfg = {"A": "vector", "B": "none", "C": "none", "D": "none", "E": "none"}
+    assert s.validate(cfg, has_bias=False) == cfg
+    with pytest.raises(ValueError, match="C='none' is not a valid choice"):
+        s.validate(cfg, has_bias=True)
+    assert s.bounds(7, 11, has_bias=False) == (0, 2 * 4 * 18)  # A and B low-rank; no C, D, E
