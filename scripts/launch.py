@@ -1,15 +1,17 @@
 """Run a grid of experiments (configs × tasks × seeds), one submitit job per cell, on SLURM or here.
 
-Each cell runs train.py, search.py and retrain.py with the grid's experiment YAML into
+Each cell runs the stages its method needs (train.py, search.py, retrain.py for GLoRA; retrain.py
+alone for a baseline such as configs/methods/lora.yaml) with the grid's experiment YAML into
 `<grid>/<task>/seed<k>/`, or with its config into `<grid>/<config>/<task>/seed<k>/` when the grid
-has a config axis (experiment YAMLs and/or overrides). A stage whose final output
-exists is skipped; one that started before runs again with --resume. `--executor slurm` submits
+has a config axis (experiment YAMLs or method presets applied over the experiment, and/or
+overrides). A stage whose final output exists is skipped; one that started before runs again with --resume. `--executor slurm` submits
 the cells as one job array (a job stopped before its time limit or preempted is requeued and
 resumes); `--executor local` runs them here, one job per GPU or CPU slot at a time. Launching a
 grid again runs only what is unfinished; every launch ends by writing the grid's results table.
 
     python scripts/launch.py --name seeds --tasks dtd cifar --seeds 0 1 2 --set data.root=/data/vtab-1k
     python scripts/launch.py --name demo --experiment configs/demo.yaml --tasks digits --seeds 0 1
+    python scripts/launch.py --name methods --tasks natural --configs glora lora bitfit linear --set data.root=...
     python scripts/launch.py grid.yaml --executor slurm --partition gpu --time 600
 """
 from __future__ import annotations
@@ -37,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.registry import GROUPS, TASKS  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.method import STAGE_SCRIPTS, stages  # noqa: E402
 from glora.errors import UserError  # noqa: E402
 
 # A stage that exits with this status stopped at a checkpoint on request and continues with
@@ -59,9 +63,9 @@ class StageSpec(NamedTuple):
 
 
 STAGES = (
-    StageSpec("supernet", "train.py", "summary.json", True),
-    StageSpec("search", "search.py", "summary.json", False),
-    StageSpec("retrain", "retrain.py", "results.json", True),
+    StageSpec("supernet", STAGE_SCRIPTS["supernet"], "summary.json", True),
+    StageSpec("search", STAGE_SCRIPTS["search"], "summary.json", False),
+    StageSpec("retrain", STAGE_SCRIPTS["retrain"], "results.json", True),
 )
 
 
@@ -71,9 +75,10 @@ class Cell(submitit.helpers.Checkpointable):
     Returns {"status": "done"}, or "stopped" / "failed" with the stage, its exit status and the log.
     """
 
-    def __init__(self, name: str, folder: Path, config: str | None, overrides: list[str], *, gpus: int = 0,
-                 threads: int | None = None, stages: tuple[StageSpec, ...] = STAGES):
-        self.name, self.folder, self.config, self.overrides = name, folder, config, overrides
+    def __init__(self, name: str, folder: Path, config: str | list[str] | None, overrides: list[str], *,
+                 gpus: int = 0, threads: int | None = None, stages: tuple[StageSpec, ...] = STAGES):
+        self.name, self.folder, self.overrides = name, folder, overrides
+        self.configs = [config] if isinstance(config, str) else list(config or [])  # experiment YAMLs, in order
         self.gpus, self.threads, self.stages = gpus, threads, stages
         self.python, self.cwd = sys.executable, os.getcwd()
         self.log = folder / "launch.log"  # every stage's console output
@@ -89,7 +94,7 @@ class Cell(submitit.helpers.Checkpointable):
         cmd = [self.python]
         if stage.torchrun and self.gpus > 1:
             cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.gpus}"]
-        cmd += [str(ROOT / stage.script)] + ([self.config] if self.config else [])
+        cmd += [str(ROOT / stage.script), *self.configs]
         cmd += [arg for o in self.overrides for arg in ("--set", o)]
         return cmd + ["--resume"] * (self.folder / stage.name).is_dir()  # started before: continue it
 
@@ -153,7 +158,7 @@ class Config(NamedTuple):
 
 class Grid(NamedTuple):
     output: Path
-    experiment: str | None  # the YAML of every cell whose config names none (None: configs/defaults.yaml)
+    experiment: str | None  # the YAML of every cell, under its config's file if any (None: configs/defaults.yaml only)
     configs: list[Config | None]  # [None]: no config axis
     tasks: list[str]
     seeds: list[int]
@@ -215,8 +220,11 @@ def _list(spec: dict, key: str, kind: type, where: str) -> list:
 
 
 def _file(path: str, where: str) -> str:
+    preset = ROOT / "configs" / "methods" / f"{path}.yaml"
+    if not Path(path).is_file() and preset.is_file():
+        path = preset  # a method preset by its name
     if not Path(path).is_file():
-        raise UserError(f"{where}: no experiment config {path}")
+        raise UserError(f"{where}: no experiment config {path} (nor a method preset configs/methods/{path}.yaml)")
     return str(Path(path).resolve())
 
 
@@ -236,20 +244,20 @@ def make_cells(grid: Grid, gpus: int, threads: int | None) -> list[Cell]:
                 folder = grid.output / rel
                 overrides = [*grid.overrides, *(config.overrides if config else ()), f"data.task={task}",
                              f"output={folder}", f"seed={seed}"]
-                experiment = (config and config.file) or grid.experiment
-                cells.append(Cell(str(rel), folder, experiment, overrides, gpus=gpus, threads=threads))
+                files = [f for f in (grid.experiment, config and config.file) if f]
+                cells.append(Cell(str(rel), folder, files, overrides, gpus=gpus, threads=threads,
+                                  stages=method_stages(files, overrides, f"cell {rel}")))
     return cells
 
 
-def check_configs(cells: list[Cell]) -> None:
-    """Resolve every cell's config now, so that a wrong key fails here rather than in every job."""
-    from engine.config import load_config
-
-    for cell in cells:
-        try:
-            load_config(cell.config, cell.overrides)
-        except UserError as e:
-            raise UserError(f"cell {cell.name}: {e}") from None
+def method_stages(files: list[str], overrides: list[str], where: str) -> tuple[StageSpec, ...]:
+    """The stages the resolved config's method needs; resolving it here makes a wrong key fail now
+    rather than in every job."""
+    try:
+        names = stages(load_config(files, overrides))
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return tuple(s for s in STAGES if s.name in names)
 
 
 # ---------------------------------------------------------------- executors
@@ -380,7 +388,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", help="the experiment YAML of every cell (default: configs/defaults.yaml)")
     p.add_argument("--tasks", nargs="+", help="task names; vtab = all 19, natural/specialized/structured = a group")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0")
-    p.add_argument("--configs", nargs="+", help="experiment YAMLs as a config axis, named by the file names")
+    p.add_argument("--configs", nargs="+", help="a config axis of experiment YAMLs or method presets (NAME for "
+                   "configs/methods/NAME.yaml), each applied over --experiment and named by its file name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell (repeatable)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--gpus-per-job", type=int, help="default: 1 on SLURM or where GPUs are visible, else 0")
@@ -420,7 +429,6 @@ def launch(args: argparse.Namespace) -> int:
     todo = [c for c in cells if not c.done()]
     running = on_slurm(todo)
     todo = [c for c in todo if c.name not in running]
-    check_configs(todo)
     print(f"grid {grid.output}: {len(cells)} cells, {len(cells) - len(todo) - len(running)} done, {len(todo)} to run"
           + (f", {len(running)} still on SLURM: {', '.join(sorted(running))}" if running else ""))
     if args.dry_run:

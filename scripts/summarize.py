@@ -1,14 +1,17 @@
 """Collect `retrain/results.json` files under a folder into a results table (Markdown + CSV).
 
-FOLDER is one run, a folder of runs (outputs/vtab/<task>/), or a grid of scripts/launch.py
-(<grid>/[<config>/]<task>/seed<k>/). Per (config,) task: test accuracy (unmerged and merged) as
-mean ± sample std over its runs (seeds) and their number n, adapter and head parameters (means).
+FOLDER is one run, a folder of runs (outputs/vtab/[<method>/]<task>/), or a grid of scripts/launch.py
+(<grid>/[<config>/]<task>/seed<k>/). A run's config is its folder below FOLDER without the task and
+seed levels (the grid's config, the method of vtab.sh --method), else the method in its results.
+Per (config,) task: test accuracy (unmerged and merged; – where no merge applies) as mean ± sample
+std over its runs (seeds) and their number n; trainable (adapters, trained backbone parameters
+and head), adapter and head parameters (means).
 Per config: the mean of each VTAB-1k group (natural, specialized, structured), the mean of the
 VTAB tasks and the mean of the three group means; tasks of one's own (group `own`) are in neither.
 Writes results.md, results.csv (one row per task), results_groups.csv (the means) and two figures,
 accuracy per task per config (method) and accuracy against trainable parameters, into FOLDER
 (the figures also into TensorBoard under FOLDER/tb_summary).
-Usage: python scripts/summarize.py FOLDER [--baseline linear_probe]
+Usage: python scripts/summarize.py FOLDER
 """
 import argparse
 import csv
@@ -27,11 +30,11 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 SEED_DIR = re.compile(r"seed\d+")
 LABELS = ("config", "task", "group", "run")
-PARAMS = ("adapter_params", "head_params")  # shown as means; every other value is an accuracy
+PARAMS = ("trainable_params", "adapter_params", "head_params")  # shown as means; every other value is an accuracy
 ORDER = {name: i for i, name in enumerate(TASKS)}  # VTAB tasks in the registry's (the papers') order
 
 
-def collect(folder: Path, baseline: str | None = None) -> list[dict]:
+def collect(folder: Path) -> list[dict]:
     """One row per run, i.e. per folder holding a retrain/results.json."""
     runs = []
     for path in sorted(folder.glob("**/retrain/results.json")):
@@ -39,13 +42,11 @@ def collect(folder: Path, baseline: str | None = None) -> list[dict]:
         run = path.parent.parent
         task = get_task(r["task"])
         row = {
-            "config": config_label(folder, run, r["task"]), "task": r["task"], "group": task.group if task else "own",
-            "test_acc": r["test_acc"], "test_acc_merged": r["test_acc_merged"],
-            "adapter_params": r["adapter_params"], "head_params": r["head_params"], "run": str(run),
+            "config": config_label(folder, run, r["task"]) or r.get("method", ""), "task": r["task"],
+            "group": task.group if task else "own", "test_acc": r["test_acc"], "test_acc_merged": r["test_acc_merged"],
+            "trainable_params": r["trainable_params"], "adapter_params": r["adapter_params"],
+            "head_params": r["head_params"], "run": str(run),
         }
-        if baseline:
-            b = run / baseline / "results.json"
-            row[f"{baseline}_acc"] = json.loads(b.read_text())["test_acc"] if b.is_file() else None
         runs.append(row)
     return runs
 
@@ -60,17 +61,10 @@ def config_label(folder: Path, run: Path, task: str) -> str:
     return "/".join(parts)
 
 
-def figure_rows(runs: list[dict], baseline: str | None) -> list[dict]:
-    """One row per run and method (task, method: the config or GLoRA, test_acc, params: trainable) for the figures."""
-    out = [{"task": r["task"], "method": r["config"] or "GLoRA", "test_acc": r["test_acc"],
-            "params": r["adapter_params"] + r["head_params"]} for r in runs]
-    for r in runs if baseline else ():
-        b = Path(r["run"]) / baseline / "results.json"
-        if b.is_file():
-            res = json.loads(b.read_text())
-            out.append({"task": r["task"], "method": f"{r['config']}/{baseline}" if r["config"] else baseline,
-                        "test_acc": res["test_acc"], "params": res["trainable_params"]})
-    return out
+def figure_rows(runs: list[dict]) -> list[dict]:
+    """One row per run (task, method: the config or GLoRA, test_acc, params: trainable) for the figures."""
+    return [{"task": r["task"], "method": r["config"] or "GLoRA", "test_acc": r["test_acc"],
+             "params": r["trainable_params"]} for r in runs]
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
@@ -150,9 +144,9 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_summary(folder: Path, baseline: str | None = None) -> tuple[str, list[Path]] | None:
+def write_summary(folder: Path) -> tuple[str, list[Path]] | None:
     """Write the tables and figures into FOLDER; returns the Markdown and the files, or None without results."""
-    runs = collect(folder, baseline)
+    runs = collect(folder)
     if not runs:
         return None
     rows = aggregate(runs)
@@ -163,16 +157,15 @@ def write_summary(folder: Path, baseline: str | None = None) -> tuple[str, list[
     for path in files:
         path.write_text(tables[path.name])
     with SummaryWriter(str(folder / "tb_summary"), purge_step=0) as tb:
-        files += draw_summary(folder, figure_rows(runs, baseline), tb)
+        files += draw_summary(folder, figure_rows(runs), tb)
     return text, files
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="a run's output folder, a folder of runs, or a grid folder")
-    p.add_argument("--baseline", default=None, help="a sibling stage folder to show, e.g. linear_probe")
     args = p.parse_args()
-    summary = write_summary(args.folder, args.baseline)
+    summary = write_summary(args.folder)
     if summary is None:
         print(f"error: no retrain/results.json under {args.folder}; run retrain.py first", file=sys.stderr)
         return 2

@@ -90,6 +90,19 @@ def test_every_preset_writes_the_same_results(grid):
     assert results["full"]["backbone_params"] > results["bitfit"]["backbone_params"]
 
 
+def test_every_preset_lands_in_one_table(grid):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import summarize
+
+    folder, results = grid
+    md, files = summarize.write_summary(folder)
+    for name, r in results.items():
+        merged = "–" if r["test_acc_merged"] is None else f"{r['test_acc_merged']:.2f}"
+        assert (f"| {name} | digits | own | {r['test_acc']:.2f} | {merged} | {r['trainable_params']} | "
+                f"{r['adapter_params']} | {r['head_params']} |") in md, name
+    assert (folder / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_lora_trains_the_lora_formula(grid):
     import timm
     from torch import nn
@@ -148,3 +161,31 @@ def test_full_fine_tuning_killed_and_resumed_equals_uninterrupted(experiment, tm
     full = load_file(tmp_path / "full" / "retrain" / "merged.safetensors")
     cut = load_file(tmp_path / "cut" / "retrain" / "merged.safetensors")
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_three_budgets_share_one_supernet_and_give_three_retrained_models_a_table_and_a_figure(experiment, tmp_path):
+    out = tmp_path / "sweep"
+    space = {"A": ["none", "vector"], "B": ["lora_2", "lora_4", "none"], "C": ["none"], "D": ["none", "vector"],
+             "E": ["none", "scalar", "vector"]}
+    sets = ["--set", f"output={out}", "--set", f"glora.space={json.dumps(space)}"]
+    r = subprocess.run([sys.executable, ROOT / "scripts" / "budgets.py", experiment, "--budgets", "0.002", "0.004",
+                        "0.008", "--baselines", "linear", *sets], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    launches = [log.read_text() for log in out.glob("**/launch.log")]
+    assert sum(log.count("train.py") for log in launches) == 1  # the supernet, trained once
+    supernet = out / "supernet" / "supernet.safetensors"
+    for budget in ("0.002", "0.004", "0.008"):
+        run = out / f"budget-{budget}"
+        assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["retrain", "search"]  # no supernet of its own
+        assert yaml.safe_load((run / "search" / "config.yaml").read_text())["supernet"] == str(supernet)
+        best = yaml.safe_load((run / "search" / "best_subnet.yaml").read_text())
+        assert best["params"] <= float(budget) * 1e6 and best["budget"] == [0.0, float(budget)]
+        for cfg in best["layers"].values():  # the searched subnet lies inside the restricted space
+            assert all(c in space[t] for t, c in cfg.items()), cfg
+        results = json.loads((run / "retrain" / "results.json").read_text())
+        assert results["adapter_params"] == best["params"] and results["test_acc_merged"] == results["test_acc"]
+        assert (run / "retrain" / "merged.safetensors").is_file()
+        assert f"| budget-{budget} | digits | own | {results['test_acc']:.2f} |" in r.stdout
+    assert "| linear | digits | own |" in r.stdout
+    assert (out / "results.md").is_file() and (out / "results.csv").is_file()
+    assert (out / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,14 +13,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import summarize  # noqa: E402
 
 
-def write_run(run: Path, task: str, acc: float, params: int = 1000, probe: float | None = None) -> None:
+def write_run(run: Path, task: str, acc: float, params: int = 1000, **fields) -> None:
     (run / "retrain").mkdir(parents=True)
     (run / "retrain" / "results.json").write_text(json.dumps(
-        {"task": task, "test_acc": acc, "test_acc_merged": acc, "adapter_params": params, "head_params": 100}))
-    if probe is not None:
-        (run / "linear_probe").mkdir()
-        (run / "linear_probe" / "results.json").write_text(json.dumps({"task": task, "test_acc": probe,
-                                                                       "trainable_params": 100}))
+        {"task": task, "test_acc": acc, "test_acc_merged": acc, "trainable_params": params + 100,
+         "adapter_params": params, "head_params": 100, **fields}))
 
 
 def cli(*args):
@@ -46,11 +43,11 @@ def test_grid_table_matches_hand_computed_means(grid):
                                        "accuracy_vs_params.png"]
     expected = (
         # per task: mean ± sample std over seeds (stdev of 70, 74 is 2·√2 = 2.83), n, mean parameters
-        "| task | group | n | test_acc | test_acc_merged | adapter_params | head_params |",
-        "| cifar | natural | 2 | 72.00 ± 2.83 | 72.00 ± 2.83 | 1050 | 100 |",
+        "| task | group | n | test_acc | test_acc_merged | trainable_params | adapter_params | head_params |",
+        "| cifar | natural | 2 | 72.00 ± 2.83 | 72.00 ± 2.83 | 1150 | 1050 | 100 |",
         "| dtd | natural | 2 | 62.00 ± 2.83 |",
         "| eurosat | specialized | 2 | 91.00 ± 1.41 |",
-        "| kitti | structured | 1 | 80.00 | 80.00 | 1000 | 100 |",
+        "| kitti | structured | 1 | 80.00 | 80.00 | 1100 | 1000 | 100 |",
         "| mine | own | 1 | 50.00 |",
         # groups: natural (72+62)/2, specialized 91, structured 80; tasks (72+62+91+80)/4; groups (67+91+80)/3
         "| natural | 2/7 | 67.00 |",
@@ -80,7 +77,7 @@ def test_config_axis_gets_its_own_rows_and_means(tmp_path):
             write_run(g / config / "cifar" / f"seed{seed}", "cifar", acc)
         write_run(g / config / "eurosat" / "seed0", "eurosat", accs[0] + 20)
     md = summarize.write_summary(g)[0]
-    assert {r["method"] for r in summarize.figure_rows(summarize.collect(g), None)} == {"glora", "lora"}
+    assert {r["method"] for r in summarize.figure_rows(summarize.collect(g))} == {"glora", "lora"}
     assert "| glora | cifar | natural | 2 | 71.00 ± 1.41 |" in md
     assert "| lora | cifar | natural | 2 | 63.00 ± 4.24 |" in md
     assert "| glora | mean of tasks | 2/19 | 80.50 |" in md  # (71 + 90) / 2
@@ -89,23 +86,39 @@ def test_config_axis_gets_its_own_rows_and_means(tmp_path):
 
 def test_single_run_and_folder_of_runs_keep_the_per_run_table(tmp_path):
     run = tmp_path / "demo"
-    write_run(run, "digits", 85.7, params=22208, probe=46.55)
-    r = cli(run, "--baseline", "linear_probe")
+    write_run(run, "digits", 85.7, params=22208)
+    r = cli(run)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(
-        "| task | group | test_acc | test_acc_merged | adapter_params | head_params | linear_probe_acc |\n"
+        "| task | group | test_acc | test_acc_merged | trainable_params | adapter_params | head_params |\n"
         "|---|---|---|---|---|---|---|\n"
-        "| digits | own | 85.70 | 85.70 | 22208 | 100 | 46.55 |\n")
+        "| digits | own | 85.70 | 85.70 | 22308 | 22208 | 100 |\n")
     assert "group means" not in r.stdout  # no VTAB task: no VTAB means
 
     vtab = tmp_path / "vtab"  # scripts/vtab.sh's layout: outputs/vtab/<task>/
-    write_run(vtab / "dtd", "dtd", 60.0, probe=50.0)
+    write_run(vtab / "dtd", "dtd", 60.0)
     write_run(vtab / "cifar", "cifar", 70.0)
-    md = summarize.write_summary(vtab, "linear_probe")[0]
-    assert "| cifar | natural | 70.00 | 70.00 | 1000 | 100 | – |" in md  # registry order: cifar before dtd
-    assert "| dtd | natural | 60.00 | 60.00 | 1000 | 100 | 50.00 |" in md
+    md = summarize.write_summary(vtab)[0]
+    assert "| cifar | natural | 70.00 | 70.00 | 1100 | 1000 | 100 |" in md  # registry order: cifar before dtd
+    assert "| dtd | natural | 60.00 | 60.00 | 1100 | 1000 | 100 |" in md
     assert md.index("| cifar |") < md.index("| dtd |")
     assert "| mean of group means | 2/19 | 65.00 |" in md
+
+
+def test_methods_get_their_rows_by_folder_or_by_the_method_in_their_results(tmp_path):
+    vtab = tmp_path / "vtab"  # vtab.sh TASK: outputs/vtab/<task>/; vtab.sh TASK --method NAME: outputs/vtab/NAME/<task>/
+    write_run(vtab / "dtd", "dtd", 60.0, method="glora")
+    write_run(vtab / "linear" / "dtd", "dtd", 40.0, params=0, method="linear", test_acc_merged=None)
+    write_run(vtab / "bitfit" / "dtd", "dtd", 50.0, params=0, method="bitfit", test_acc_merged=None,
+              trainable_params=300)
+    md = summarize.write_summary(vtab)[0]
+    assert "| config | task | group | test_acc | test_acc_merged | trainable_params | adapter_params | head_params |" in md
+    assert "| bitfit | dtd | natural | 50.00 | – | 300 | 0 | 100 |" in md  # no merge applies: –
+    assert "| glora | dtd | natural | 60.00 | 60.00 | 1100 | 1000 | 100 |" in md
+    assert "| linear | dtd | natural | 40.00 | – | 100 | 0 | 100 |" in md
+    assert "| linear | mean of group means | 1/19 | 40.00 |" in md
+    assert {(r["method"], r["params"]) for r in summarize.figure_rows(summarize.collect(vtab))} == {
+        ("glora", 1100), ("linear", 100), ("bitfit", 300)}
 
 
 def test_no_results_is_one_error_line(tmp_path):
