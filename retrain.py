@@ -19,16 +19,14 @@ from engine.trainer import Trainer
 def main(args):
     stage = Stage("retrain", args)
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
-    supernet_file = method.supernet_file(cfg)
-    if r["init"] == "supernet" and not supernet_file.is_file():
-        raise UserError(f"{supernet_file}: no trained supernet to start from; run train.py or set retrain.init=scratch")
+    method.check_upstream(cfg)
 
     train = load_data(cfg, "train800val200")
     test = eval_loader(cfg, load_data(cfg, "test"), device)  # streamed from its cache file if large
     model = build_model(cfg, train.num_classes)
     subnet, meta = method.retrain_subnet(cfg, model)
     if r["init"] == "supernet":
-        load_adapters(model, supernet_file)
+        load_adapters(model, method.supernet_file(cfg))
     set_subnet(model, subnet)
     compact_subnet(model)  # only the subnet's own parameters exist, and train
     mark_trainable(model)

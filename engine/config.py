@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import yaml
 
@@ -69,7 +69,7 @@ def _merge(base: dict, new: dict, where: str, prefix: str) -> None:
             raise UserError(f"{where}: unknown key {full!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: {sorted(base)}")
         if full in FREE_FORM:
             if value is not None and not isinstance(value, dict):
-                raise UserError(f"{where}: {full} is a mapping of keyword arguments, got {value!r}")
+                raise UserError(f"{where}: {full} is a mapping (e.g. {{key: value}}), got {value!r}")
             base[key] = None if value is None else {**(base[key] or {}), **copy.deepcopy(value)}
         elif isinstance(base[key], dict):
             if not isinstance(value, dict):

@@ -148,8 +148,8 @@ def task_accuracy_figure(rows: Iterable[Mapping]) -> Figure:
 def accuracy_params_figure(rows: Iterable[Mapping]) -> Figure:
     """Test accuracy against trainable parameters, one colour per method.
 
-    `rows`: dicts with `task`, `method`, `test_acc` (%) and `params` (trainable parameters: adapters
-    and head). Each run is a small point; with several tasks, each method's mean over its tasks is
+    `rows`: dicts with `task`, `method`, `test_acc` (%) and `params` (trainable parameters: adapters,
+    the backbone parameters a baseline trains, and head). Each run is a small point; with several tasks, each method's mean over its tasks is
     a large labelled marker.
     """
     groups = _by_task_method(rows)
@@ -172,7 +172,7 @@ def accuracy_params_figure(rows: Iterable[Mapping]) -> Figure:
     params = [r["params"] for rs in groups.values() for r in rs]
     if min(params) > 0 and max(params) / min(params) > 10:
         ax.set_xscale("log")
-    ax.set(xlabel="trainable parameters (adapters + head)", ylabel="test accuracy (%)",
+    ax.set(xlabel="trainable parameters (adapters or backbone, + head)", ylabel="test accuracy (%)",
            title="Accuracy against trainable parameters")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

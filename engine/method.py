@@ -9,6 +9,7 @@ configs/methods/ holds one preset per method.
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -79,15 +80,25 @@ def stages(cfg: dict) -> list[str]:
     return [s for s in upstream(cfg) if not (s == "supernet" and cfg["supernet"])] + ["retrain"]
 
 
+def check_upstream(cfg: dict) -> None:
+    """The files the retrain reads exist (checked before any work), or one line says what makes them."""
+    r = cfg["retrain"]
+    searched = Path(cfg["output"]) / "search" / "best_subnet.yaml"
+    if r["subnet"] == "searched" and not searched.is_file():
+        raise UserError(f"{searched}: no searched subnet; run search.py with this config first "
+                        "(or set retrain.subnet to uniform, random or a subnet file)")
+    if r["subnet"] not in SUBNETS and not Path(r["subnet"]).is_file():
+        raise UserError(f"retrain.subnet={r['subnet']}: no such subnet file")
+    if r["init"] == "supernet" and not supernet_file(cfg).is_file():
+        raise UserError(f"{supernet_file(cfg)}: no trained supernet to start from; run train.py or set "
+                        "retrain.init=scratch")
+
+
 def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:
     """The subnet the retrain trains, with what its source records of it (params, val_acc1, ...)."""
-    r, source = cfg["retrain"], cfg["retrain"]["subnet"]
+    source = cfg["retrain"]["subnet"]
     if source == "searched":
-        path = Path(cfg["output"]) / "search" / "best_subnet.yaml"
-        if not path.is_file():
-            raise UserError(f"{path}: no searched subnet; run search.py with this config first "
-                            "(or set retrain.subnet to uniform, random or a subnet file)")
-        return load_subnet(path, model)
+        return load_subnet(Path(cfg["output"]) / "search" / "best_subnet.yaml", model)
     if source == "uniform":
         try:
             return uniform_subnet(model, uniform_config(cfg)), {}
@@ -116,10 +127,8 @@ def train_backbone(model: nn.Module, backbone: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m engine.method CONFIG... [--set k=v]` prints the scripts of the method's stages."""
-    import sys
-
     from .config import load_config
-    from .run import parse_args
+    from .run import parse_args  # engine.run checks configs with this module: imported here, not at the top
 
     args = parse_args(argv, description=main.__doc__)
     try:

@@ -10,7 +10,6 @@ resume: complete stages are skipped, started ones resumed (as scripts/launch.py 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -4,10 +4,11 @@ Each cell runs the stages its method needs (train.py, search.py, retrain.py for 
 alone for a baseline such as configs/methods/lora.yaml) with the grid's experiment YAML into
 `<grid>/<task>/seed<k>/`, or with its config into `<grid>/<config>/<task>/seed<k>/` when the grid
 has a config axis (experiment YAMLs or method presets applied over the experiment, and/or
-overrides). A stage whose final output exists is skipped; one that started before runs again with --resume. `--executor slurm` submits
-the cells as one job array (a job stopped before its time limit or preempted is requeued and
-resumes); `--executor local` runs them here, one job per GPU or CPU slot at a time. Launching a
-grid again runs only what is unfinished; every launch ends by writing the grid's results table.
+overrides). A stage whose final output exists is skipped; one that started before runs again
+with --resume. `--executor slurm` submits the cells as one job array (a job stopped before its
+time limit or preempted is requeued and resumes); `--executor local` runs them here, one job per
+GPU or CPU slot at a time. Launching a grid again runs only what is unfinished; every launch ends
+by writing the grid's results table.
 
     python scripts/launch.py --name seeds --tasks dtd cifar --seeds 0 1 2 --set data.root=/data/vtab-1k
     python scripts/launch.py --name demo --experiment configs/demo.yaml --tasks digits --seeds 0 1

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny timm ViTs that build in milliseconds on the CPU."""
+"""Shared fixtures: tiny timm ViTs that build in milliseconds on the CPU; the stage scripts as modules."""
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -6,7 +7,8 @@ import pytest
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=3)
 
@@ -20,3 +22,11 @@ def tiny_vit(num_classes=5, dtype=torch.float64, seed=0, **kwargs):
 @pytest.fixture
 def vit():
     return tiny_vit()
+
+
+def stage(name):
+    """A stage script (train, search, retrain) as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -164,3 +164,13 @@ def test_a_supernet_serves_only_spaces_within_the_one_it_trained(tmp_path):
     inject_glora(wider, SearchSpace((4,)))
     with pytest.raises(UserError, match=r"trained on glora.space .* without \{'A': \['lora_4', 'scalar'\], 'B': "):
         load_adapters(wider, path)
+
+
+def test_the_retrain_names_the_missing_upstream_file_before_any_work(tmp_path):
+    out = f"output={tmp_path}"
+    for sets, needle in ((["retrain.subnet=searched"], "no searched subnet; run search.py"),
+                         (["retrain.subnet=uniform", "retrain.uniform={}"], "no trained supernet to start from"),
+                         (["retrain.subnet=elsewhere/best.yaml", "retrain.init=scratch"], "no such subnet file")):
+        with pytest.raises(UserError, match=needle):
+            method.check_upstream(load_config(None, [out, *sets]))
+    method.check_upstream(load_config(None, [out, "retrain.subnet=uniform", "retrain.uniform={}", "retrain.init=scratch"]))

@@ -1,8 +1,6 @@
 """Every method preset through the stages it needs on the bundled demo task, into one table; vtab.sh --method;
 a full fine-tuning retrain killed and resumed; a sweep of three budgets over one supernet."""
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import stage
 from data import build_demo
 from engine import method
 from engine.config import load_config
@@ -21,13 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["glora", "glora-random", "glora-uniform", "lora", "ssf-like", "bitfit", "full", "linear"]
 SCRIPTS = {"supernet": "train", "search": "search", "retrain": "retrain"}
 pytestmark = pytest.mark.slow
-
-
-def stage(name):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TINY = {

@@ -1,5 +1,4 @@
 """The three stages end to end on the bundled demo task, resume equivalence, and clear failures."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,18 +13,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import stage
 from data import build_demo
 from engine.run import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def stage(name):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(name, config, *extra):
