@@ -159,12 +159,14 @@ def test_three_budgets_share_one_supernet_and_give_three_retrained_models_a_tabl
     out = tmp_path / "sweep"
     space = {"A": ["none", "vector"], "B": ["lora_2", "lora_4", "none"], "C": ["none"], "D": ["none", "vector"],
              "E": ["none", "scalar", "vector"]}
-    sets = ["--set", f"output={out}", "--set", f"glora.space={json.dumps(space)}"]
-    r = subprocess.run([sys.executable, ROOT / "scripts" / "budgets.py", experiment, "--budgets", "0.002", "0.004",
-                        "0.008", "--baselines", "linear", *sets], capture_output=True, text=True)
+    restricted = tmp_path / "restricted.yaml"  # GLoRA's config; the baseline's preset applies over it
+    restricted.write_text(yaml.safe_dump({"glora": {"space": space}}))
+    r = subprocess.run([sys.executable, ROOT / "scripts" / "budgets.py", experiment, restricted, "--budgets", "0.002",
+                        "0.004", "0.008", "--baselines", "linear", "--set", f"output={out}"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    launches = [log.read_text() for log in out.glob("**/launch.log")]
-    assert sum(log.count("train.py") for log in launches) == 1  # the supernet, trained once
+    commands = [line for log in out.glob("**/launch.log") for line in log.read_text().splitlines() if line.startswith("== ")]
+    assert sum(f" {ROOT / 'train.py'} " in c for c in commands) == 1  # the supernet, trained once
+    assert sum(f" {ROOT / 'search.py'} " in c for c in commands) == 3
     supernet = out / "supernet" / "supernet.safetensors"
     for budget in ("0.002", "0.004", "0.008"):
         run = out / f"budget-{budget}"
