@@ -16,6 +16,7 @@ from glora.inject import head_names, uniform_subnet
 from glora.merge import load_adapters
 from glora.model import count_params
 from search.evolution import CandidateSpace, EvolutionSearch
+from search.score import Score
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
@@ -142,8 +143,8 @@ def test_the_search_stays_inside_a_restricted_space():
     model = tiny_vit()
     inject_glora(model, SearchSpace((2, 4), restrict))
     space = CandidateSpace.from_model(model, (0.0, 0.02))
-    evo = EvolutionSearch(space, lambda subnet: random.Random(str(subnet)).random(), generations=3, population=8,
-                          parents=3, mutations=3, mutation_prob=0.5, crossovers=3, seed=0)
+    evo = EvolutionSearch(space, lambda subnet, floor: Score(random.Random(str(subnet)).randrange(100), 100, 100),
+                          generations=3, population=8, parents=3, mutations=3, mutation_prob=0.5, crossovers=3, seed=0)
     for _ in range(3):
         evo.step()
     assert len(evo.records) == 24
