@@ -5,7 +5,7 @@ import time
 from glora import compact_subnet, load_adapters, load_subnet, merge_glora, save_adapters, set_subnet, subnet_params
 from engine.loops import evaluate
 from glora.errors import UserError
-from engine.experiment import build_model, eval_loader, load_data, train_loader
+from engine.experiment import build_model, eval_loader, export_metadata, load_data, train_loader
 from glora.inject import head_params, mark_trainable
 from glora.io import load_yaml, save_json
 from glora.hub import save_hub_folder
@@ -16,16 +16,12 @@ from engine.trainer import Trainer
 
 
 def main(args):
-    stage = Stage("retrain", args)
+    stage = Stage("retrain", args, uses=("retrain", "train.amp"))
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
-    subnet_file = stage.root / "search" / "best_subnet.yaml"
-    supernet_file = stage.root / "supernet" / "supernet.safetensors"
-    if not subnet_file.is_file():
-        raise UserError(f"{subnet_file}: no searched subnet; run search.py with this config first")
-    if r["init"] not in ("supernet", "scratch"):
-        raise UserError(f"retrain.init={r['init']!r}: use supernet or scratch")
-    if r["init"] == "supernet" and not supernet_file.is_file():
-        raise UserError(f"{supernet_file}: no trained supernet to start from; run train.py or set retrain.init=scratch")
+    subnet_file = stage.upstream("search/best_subnet.yaml", "no searched subnet; run search.py with this config first")
+    if r["init"] == "supernet":
+        supernet_file = stage.upstream("supernet/supernet.safetensors", "no trained supernet to start from; "
+                                       "run train.py or set retrain.init=scratch")
 
     train = load_data(cfg, "train800val200")
     test = eval_loader(cfg, load_data(cfg, "test"), device)  # streamed from its cache file if large
@@ -43,7 +39,7 @@ def main(args):
                         "it was searched with other glora settings")
     log.info("subnet: %d adapter parameters (+ head %d), init from %s", adapter_params, head_params(model), r["init"])
 
-    trainer = Trainer(stage, model, train_loader(cfg, train, device), r, amp=cfg["train"]["amp"])
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), "retrain", amp=cfg["train"]["amp"])
     trainer.start()
     trainer.fit()
     # Honest protocol: the test accuracy of the final epoch, evaluated once. Both evaluations run
@@ -53,14 +49,13 @@ def main(args):
     eval_seconds = time.perf_counter() - start
     if not stage.main:
         return stage.close()
-    save_adapters(model, stage.dir / "adapters.safetensors")
-
-    merged = merge_glora(copy.deepcopy(model))
+    merged = merge_glora(copy.deepcopy(model))  # refuses non-finite weights before anything is written
     start = time.perf_counter()
     test_acc_merged = evaluate(merged, test, device, amp=False)
     merged_eval_seconds = time.perf_counter() - start
+    save_adapters(model, stage.dir / "adapters.safetensors", extra={"lineage": stage.lineage()})
     path = export_merged(merged, stage.dir / "merged.safetensors",
-                         {"model": cfg["model"]["name"], "num_classes": train.num_classes})
+                         {**export_metadata(cfg, train.num_classes), "lineage": stage.lineage()})
     stage.writer.add_scalar("perf/test_acc1", test_acc, trainer.epoch)
     stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
 

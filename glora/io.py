@@ -1,6 +1,7 @@
 """Atomic file writes and the small readers/writers every stage uses (safetensors, YAML, JSON, torch)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -75,9 +76,15 @@ def load_yaml(path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder: give the path of a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
 
@@ -99,6 +106,15 @@ def load_torch(path) -> Any:
         raise UserError(f"{path}: file not found") from None
     except Exception as e:  # torch raises many types for a damaged or foreign pickle
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); delete it or re-create it") from None
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, as hex (what checkpoint manifests and run records hold)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def tuples(x):

@@ -19,7 +19,7 @@ from engine.trainer import Trainer  # noqa: E402
 
 
 def main(args):
-    stage = Stage("linear_probe", args)
+    stage = Stage("linear_probe", args, uses=("retrain", "train.amp"))
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, "train800val200")
     test = eval_loader(cfg, load_data(cfg, "test"), device)
@@ -28,7 +28,7 @@ def main(args):
     compact_subnet(model)
     mark_trainable(model)
     model.to(device)
-    trainer = Trainer(stage, model, train_loader(cfg, train, device), cfg["retrain"], amp=cfg["train"]["amp"])
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), "retrain", amp=cfg["train"]["amp"])
     trainer.start()
     trainer.fit()
     if not stage.main:
