@@ -67,6 +67,7 @@ def schedule(section: str) -> dict[str, Rule]:
 
 
 RULES: dict[str, Rule] = {
+    "data.task": TASK,  # first: with no task there is no experiment (and output has no default)
     "seed": integer(0, 2**63 - 1),
     "output": TEXT,
     "device": DEVICE,
@@ -74,7 +75,6 @@ RULES: dict[str, Rule] = {
     "model.pretrained": (lambda v: v is None or isinstance(v, (bool, str)), "false, a timm tag or a weights file path"),
     "model.kwargs": (lambda v: v is None or isinstance(v, dict), "a mapping of timm.create_model keyword arguments"),
     "data.root": TEXT,
-    "data.task": TASK,
     "data.num_classes": optional(integer(2)),
     "data.img_size": integer(1),
     "data.interpolation": one_of(*INTERPOLATIONS),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -10,24 +11,30 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .errors import UserError
 
 
 def atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)`, then rename onto `path`: a crash never leaves a half-written file."""
+    """Call `write(tmp_path)`, then rename onto `path`: a crash never leaves a half-written file.
+
+    An OS error (a full disk, a read-only folder) leaves `path` as it was and is raised naming it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; output and data folders are often shared
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     return path
 
@@ -37,8 +44,10 @@ def write_bytes(path, data: bytes) -> Path:
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    # Serialized in memory and written by Python, so that a full disk is an OSError (safetensors'
+    # own writer reports it as a SafetensorError).
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_bytes(path, save(tensors, metadata=metadata))
 
 
 def load_tensors(path, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -96,7 +105,9 @@ def save_json(path, data: Any) -> Path:
 
 def save_torch(path, obj: Any) -> Path:
     """For optimizer/scheduler/RNG state; always read back with `load_torch` (weights_only)."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; Python's write, as an OSError
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getvalue())
 
 
 def load_torch(path) -> Any:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data import build_demo
+from glora import load_merged
 from engine.run import Stage, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,19 +46,23 @@ def demo_root(tmp_path_factory):
 
 @pytest.fixture
 def config(tmp_path, demo_root):
+    return write_config(tmp_path / "exp.yaml", demo_root, tmp_path / "run")
+
+
+def write_config(path, data_root, output):
+    """The experiment of these tests: a tiny ViT on the demo task, a few epochs and generations."""
     cfg = {
-        "output": str(tmp_path / "run"), "device": "cpu",
+        "output": str(output), "device": "cpu",
         "model": {"name": "vit_tiny_patch16_224", "pretrained": False,
                   "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3,
                              "drop_path_rate": 0.1}},
-        "data": {"root": str(demo_root), "task": "digits", "img_size": 32, "batch_size": 64},
+        "data": {"root": str(data_root), "task": "digits", "img_size": 32, "batch_size": 64},
         "glora": {"ranks": [2, 4]},
         "train": {"epochs": 4, "lr": 2e-3, "warmup_epochs": 1, "eval_every": 2, "eval_subnets": 2, "ckpt_every": 2},
         "search": {"generations": 3, "population": 8, "parents": 3, "mutations": 3, "crossovers": 3,
                    "budget": [0.0, 0.01]},
         "retrain": {"epochs": 2, "lr": 2e-3, "warmup_epochs": 1, "ckpt_every": 1},
     }
-    path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -100,6 +105,7 @@ def test_pipeline_end_to_end(config, tmp_path, demo_root):
     model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=2,
                               embed_dim=48, num_heads=3, checkpoint_path=str(out / "retrain" / "merged.safetensors"))
     assert model.head.out_features == 10
+    assert type(load_merged(out / "retrain" / "merged.safetensors")) is type(model)  # from its metadata alone, strictly
     # so is the hub folder, with no other input: its own preprocessing on the test images gives the test accuracy
     assert hub_test_accuracy(out / "retrain" / "hub", demo_root / "digits") == results["test_acc"]
     for figure in ("search/candidates.png", "search/subnet.png"):
