@@ -7,6 +7,8 @@ import signal
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine import identity
@@ -152,8 +154,6 @@ def test_non_finite_adapters_are_neither_saved_nor_loaded(tmp_path):
         save_checkpoint(tmp_path / "checkpoint", "run-1", {}, model)
     assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "checkpoint").exists()
 
-    from safetensors.torch import load_file, save_file
-    from safetensors import safe_open
     with safe_open(str(tmp_path / "good.safetensors"), "pt") as f:
         meta = f.metadata()
     tensors = load_file(tmp_path / "good.safetensors")
@@ -164,9 +164,7 @@ def test_non_finite_adapters_are_neither_saved_nor_loaded(tmp_path):
 
 
 def test_a_failed_write_keeps_the_old_file_and_names_the_new(tmp_path, monkeypatch):
-    from glora.io import save_json as write
-
-    path = write(tmp_path / "summary.json", {"old": True})
+    path = save_json(tmp_path / "summary.json", {"old": True})
     real = os.replace
 
     def full_disk(src, dst):
@@ -174,7 +172,7 @@ def test_a_failed_write_keeps_the_old_file_and_names_the_new(tmp_path, monkeypat
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError) as info:
-        write(path, {"new": True})
+        save_json(path, {"new": True})
     monkeypatch.setattr(os, "replace", real)
     assert info.value.filename == str(path) and path.read_text() == '{\n  "old": true\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left
