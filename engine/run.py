@@ -23,7 +23,8 @@ from glora.io import file_sha256, load_yaml, save_yaml, tuples
 from . import distributed, identity
 from .config import load_config, save_config
 from .folder import StageFolder, os_error_message
-from .stop import OK, STOPPED, USER_ERROR, StopSignals, Stopped
+from .status import OK, STOPPED, USER_ERROR
+from .stop import StopSignals, Stopped
 from .validate import validate_config
 
 log = logging.getLogger("glora")

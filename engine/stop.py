@@ -1,8 +1,8 @@
-"""Stopping a stage on a signal, and the exit statuses of the stage scripts.
+"""Stopping a stage on a signal.
 
-SIGTERM, SIGUSR1 (what SLURM sends before a time limit or preemption) and SIGINT (Ctrl-C) ask the
-stage to stop: it finishes its current step (a training batch, a search generation), writes its
-checkpoint and exits with STOPPED; `--resume` then ends where an uninterrupted run ends. Under
+SIGTERM, SIGUSR1 (what SLURM can send before a time limit) and SIGINT (Ctrl-C) ask the stage to
+stop: it finishes its current step (a training batch, a search generation), writes its checkpoint
+and exits with engine.status.STOPPED; `--resume` then ends where an uninterrupted run ends. Under
 torchrun the ranks agree each step (a collective), so all stop after the same one. In one
 process, a second signal stops at once (the last checkpoint is intact, so --resume still works).
 """
@@ -15,10 +15,6 @@ import torch
 import torch.distributed as dist
 
 from . import distributed
-
-OK = 0
-USER_ERROR = 2  # bad input or a refused resume: one `error:` line says what and how to fix it
-STOPPED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal, resumable: run the same command with --resume
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 

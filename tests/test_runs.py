@@ -26,7 +26,7 @@ import engine.trainer
 import search.evolution
 from data import build_demo, read_list, write_list
 from engine.run import execute, parse_args
-from engine.stop import STOPPED, USER_ERROR
+from engine.status import STOPPED, USER_ERROR
 from glora.errors import UserError
 from test_stages import Killed, cli, run, stage, write_config
 
