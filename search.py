@@ -42,7 +42,8 @@ def main(args):
     if state is not None:
         evo.load_state(state["evolution"])
         seconds = float(state["seconds"])
-        log.info("resumed run %s after generation %d (%d candidates scored)", stage.run, evo.generation, len(evo.records))
+        log.info("resumed from the checkpoint of run %s after generation %d (%d candidates scored)", stage.run,
+                 evo.generation, len(evo.records))
     elif stage.resume:
         log.info("no checkpoint of this run in %s yet: it starts from generation 0", ckpt)
     stage.begin(evo.generation)

@@ -40,28 +40,28 @@ def _under(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def _identity(cfg: dict, data: dict, keys: Iterable[str]) -> dict:
-    """The flat config keys under `keys`, with the data's class count and lists digest."""
-    flat = {k: v for k, v in flatten(cfg).items() if _under(k, keys)}
+def _identity(cfg: dict, data: dict, keys: Iterable[str], free: Iterable[str] = ()) -> dict:
+    """The flat config keys under `keys` but not `free`, with the data's class count and lists digest."""
+    flat = {k: v for k, v in flatten(cfg).items() if _under(k, keys) and not _under(k, free)}
     return {**flat, **{_DATA[k]: data.get(k) for k in _DATA}}
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """`key (old → new)` for every key whose value differs (a missing key shows as `absent`)."""
-    def show(d, k):
-        v = d.get(k, "absent")
-        return f"{v[:12]}…" if k == _DATA["fingerprint"] and isinstance(v, str) else repr(v) if v != "absent" else v
+    """`key (old → new)` for every key whose value differs (a key one side lacks shows as absent)."""
+    def show(d: dict, k: str) -> str:
+        if k not in d:
+            return "absent"
+        return f"{d[k][:12]}…" if k == _DATA["fingerprint"] and isinstance(d[k], str) else repr(d[k])
 
     return [f"{k} ({show(old, k)} → {show(new, k)})" for k in sorted(set(old) | set(new))
-            if old.get(k, "absent") != new.get(k, "absent")]
+            if k not in old or k not in new or old[k] != new[k]]
 
 
 def resume_differences(record: dict, cfg: dict, data: dict, uses: Iterable[str]) -> list[str]:
     """What differs between a run's record and a resume of it, over the keys the stage depends on."""
     keys = [*COMMON, *uses]
-    free = set(RESUME_FREE)
-    old, new = _identity(record["config"], record["data"], keys), _identity(cfg, data, keys)
-    return [d for d in differences(old, new) if d.split(" (")[0] not in free]
+    return differences(_identity(record["config"], record["data"], keys, RESUME_FREE),
+                       _identity(cfg, data, keys, RESUME_FREE))
 
 
 def lineage(cfg: dict, data: dict, upstream: dict, run: str, stage: str) -> dict:

@@ -105,7 +105,7 @@ class Trainer:
         if self.sampler is not None:
             self.sampler.setstate(tuples(state["sampler"]))
         self.epoch, self.batches, self.train_seconds = int(state["epoch"]), int(state["batches"]), float(state["train_seconds"])
-        log.info("resumed run %s at epoch %d%s", self.stage.run, self.epoch,
+        log.info("resumed from the checkpoint of run %s at epoch %d%s", self.stage.run, self.epoch,
                  f", batch {self.batches}" if self.batches else "")
         return True
 
