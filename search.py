@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from engine import distributed
 from glora import load_adapters, save_subnet
-from glora.errors import UserError
 from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
 from glora.io import atomic_write, save_json

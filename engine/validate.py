@@ -82,6 +82,7 @@ RULES: dict[str, Rule] = {
     "data.std": numbers(3, positive=True),
     "data.batch_size": integer(1),
     "data.eval_batch_size": integer(1),
+    "data.resident_mb": number(),
     "data.cache": FLAG,
     "data.cache_dir": optional(TEXT),
     "glora.ranks": (lambda v: isinstance(v, list) and v and all(integer(1)[0](r) for r in v),
@@ -100,6 +101,7 @@ RULES: dict[str, Rule] = {
     "search.crossovers": integer(0),
     "search.budget": BUDGET,
     "search.max_tries": integer(1),
+    "search.early_stop": FLAG,
     **schedule("retrain"),
     "retrain.init": one_of("supernet", "scratch"),
 }

@@ -293,7 +293,7 @@ def curves(tb_dir):
 
 def search_outputs(out):
     folder = Path(out) / "search"
-    return (folder / "best_subnet.yaml").read_text(), (folder / "candidates.jsonl").read_text()
+    return without_run_id((folder / "best_subnet.yaml").read_text()), (folder / "candidates.jsonl").read_text()
 
 
 def with_supernet_of(src, dst):
@@ -350,8 +350,8 @@ def kill_rank_mid_run(cmd, ckpt, rank, after):
 
     def generation():
         try:
-            return yaml.safe_load(ckpt.read_text())["evolution"]["generation"]
-        except (OSError, TypeError, KeyError):
+            return torch.load(ckpt / "state.pt", weights_only=True)["evolution"]["generation"]
+        except Exception:  # not written yet, or caught between the checkpoint's renames
             return 0
 
     while generation() < after and proc.poll() is None:
@@ -369,8 +369,8 @@ def test_torchrun_search_equals_one_process_even_after_kills(config, tmp_path):
     run("search", config, *SEARCH)
     two = with_supernet_of(tmp_path / "run", tmp_path / "two")
     cmd = torchrun(ROOT / "search.py", config, *SEARCH, "--set", f"output={two}")
-    kill_rank_mid_run(cmd, two / "search" / "checkpoint.yaml", rank=1, after=1)
-    kill_rank_mid_run(cmd + ["--resume"], two / "search" / "checkpoint.yaml", rank=0, after=3)
+    kill_rank_mid_run(cmd, two / "search" / "checkpoint", rank=1, after=1)
+    kill_rank_mid_run(cmd + ["--resume"], two / "search" / "checkpoint", rank=0, after=3)
     assert not (two / "search" / "best_subnet.yaml").exists()
     r = cli(*(cmd + ["--resume"])[1:])
     assert r.returncode == 0, r.stderr[-2000:]
