@@ -4,8 +4,9 @@ search.py runs twice on the demo task as scripts/demo.sh prepares it (scikit-lea
 demo's tiny ViT at 32 px, its backbone pretrained without labels and its supernet trained here),
 with search.early_stop false and then true, val200 in batches of 25 (the early stop decides
 between batches). Reported: the search's own seconds (summary.json), the images it forwarded per
-generation (candidates.jsonl), and whether best_subnet.yaml came out identical (but for the run that made it), as it must. What
-early stopping saves grows with the spread of the candidates' accuracies and with smaller batches.
+generation (candidates.jsonl), and whether best_subnet.yaml came out identical but for the run that
+made it, as it must. What early stopping saves grows with the spread of the candidates' accuracies
+and with smaller batches.
 """
 from __future__ import annotations
 
