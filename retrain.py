@@ -6,7 +6,7 @@ from glora import compact_subnet, load_adapters, merge_glora, save_adapters, sav
 from engine import method
 from engine.loops import evaluate
 from glora.errors import UserError
-from engine.experiment import build_model, eval_loader, load_data, train_loader
+from engine.experiment import build_model, eval_loader, export_metadata, load_data, train_loader
 from glora.inject import head_params, mark_trainable
 from glora.io import load_yaml, save_json
 from glora.hub import save_hub_folder
@@ -17,9 +17,9 @@ from engine.trainer import Trainer
 
 
 def main(args):
-    stage = Stage("retrain", args)
+    stage = Stage("retrain", args, uses=("retrain", "train.amp"))
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
-    method.check_upstream(cfg)
+    method.check_upstream(stage)
 
     train = load_data(cfg, "train800val200")
     test = eval_loader(cfg, load_data(cfg, "test"), device)  # streamed from its cache file if large
@@ -39,7 +39,7 @@ def main(args):
     log.info("%s: subnet %s with %d adapter parameters (+ backbone %d, head %d), init from %s", cfg["method"],
              r["subnet"], adapter_params, backbone_params, head_params(model), r["init"])
 
-    trainer = Trainer(stage, model, train_loader(cfg, train, device), r, amp=cfg["train"]["amp"])
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), "retrain", amp=cfg["train"]["amp"])
     trainer.start()
     trainer.fit()
     # Honest protocol: the test accuracy of the final epoch, evaluated once. Both evaluations run
@@ -49,16 +49,15 @@ def main(args):
     eval_seconds = time.perf_counter() - start
     if not stage.main:
         return stage.close()
-    save_adapters(model, stage.dir / "adapters.safetensors")
-    save_subnet(stage.dir / "subnet.yaml", subnet, params=adapter_params, source=r["subnet"])
-
-    merged = merge_glora(copy.deepcopy(model))
+    merged = merge_glora(copy.deepcopy(model))  # refuses non-finite weights before anything is written
     start = time.perf_counter()
     # A subnet of none but `none` merges into the very same layers: no merge applies, nothing to test.
     test_acc_merged = evaluate(merged, test, device, amp=False) if adapter_params else None
     merged_eval_seconds = time.perf_counter() - start
+    save_adapters(model, stage.dir / "adapters.safetensors", extra={"lineage": stage.lineage()})
+    save_subnet(stage.dir / "subnet.yaml", subnet, params=adapter_params, source=r["subnet"])
     path = export_merged(merged, stage.dir / "merged.safetensors",
-                         {"model": cfg["model"]["name"], "num_classes": train.num_classes})
+                         {**export_metadata(cfg, train.num_classes), "lineage": stage.lineage()})
     stage.writer.add_scalar("perf/test_acc1", test_acc, trainer.epoch)
     if test_acc_merged is not None:
         stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)

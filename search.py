@@ -9,21 +9,20 @@ from tqdm import tqdm
 
 from engine import distributed, method
 from glora import load_adapters, save_subnet
-from glora.errors import UserError
 from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
-from glora.io import atomic_write, load_yaml, save_json, save_yaml
+from glora.io import atomic_write, save_json
+from engine.checkpoint import latest_state, save_checkpoint
 from engine.run import Stage, cli, log
+from engine.stop import Stopped
 from search.evolution import CandidateSpace, EvolutionSearch
 from search.score import MergedScorer
 
 
 def main(args):
-    stage = Stage("search", args)
+    stage = Stage("search", args, uses=("search", "train.amp"))
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
-    supernet_file = method.supernet_file(cfg)
-    if not supernet_file.is_file():
-        raise UserError(f"{supernet_file}: no trained supernet; run train.py with this config first")
+    supernet_file = stage.upstream(method.supernet_rel(cfg), "no trained supernet; run train.py with this config first")
     val = load_data(cfg, "val200")
     model = build_model(cfg, val.num_classes).to(device)
     load_adapters(model, supernet_file)
@@ -36,16 +35,17 @@ def main(args):
                           crossovers=s["crossovers"], seed=cfg["seed"], early_stop=s["early_stop"],
                           rank=distributed.rank(), world_size=distributed.world_size(), gather=distributed.all_gather)
 
-    ckpt, log_file = stage.dir / "checkpoint.yaml", stage.dir / "candidates.jsonl"
+    ckpt, log_file = stage.dir / "checkpoint", stage.dir / "candidates.jsonl"
     seconds = 0.0
-    if stage.resume and ckpt.is_file():
-        state = load_yaml(ckpt)
+    state = latest_state(ckpt, stage.run) if stage.resume else None
+    if state is not None:
         evo.load_state(state["evolution"])
         seconds = float(state["seconds"])
-        log.info("resumed after generation %d (%d candidates scored)", evo.generation, len(evo.records))
+        log.info("resumed from the checkpoint of run %s after generation %d (%d candidates scored)", stage.run,
+                 evo.generation, len(evo.records))
     elif stage.resume:
-        log.info("no checkpoint in %s: starting from generation 0", ckpt)
-    stage.begin()
+        log.info("no checkpoint of this run in %s yet: it starts from generation 0", ckpt)
+    stage.begin(evo.generation)
 
     bar = tqdm(range(evo.generation, s["generations"]), desc="search", initial=evo.generation,
                total=s["generations"], disable=not stage.main)
@@ -61,14 +61,17 @@ def main(args):
         if stage.main:  # the candidate log is rewritten whole, so a resumed run never repeats a line
             lines = "".join(json.dumps(r.log_line()) + "\n" for r in evo.records.values())
             atomic_write(log_file, lambda tmp: Path(tmp).write_text(lines))
-            save_yaml(ckpt, {"evolution": evo.state(), "seconds": seconds})
+            save_checkpoint(ckpt, stage.run, {"evolution": evo.state(), "seconds": seconds})
+        if stage.stop.requested():  # under torchrun every rank asks: all stop after the same generation
+            raise Stopped(f"{stage.stop.received or 'a signal to another rank'} after generation {evo.generation} "
+                          f"of {s['generations']} (checkpoint written)")
     if not stage.main:
         return stage.close()
 
     best = evo.best()
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
                        val_acc1=best.acc1, generation=best.generation, budget=list(s["budget"]),
-                       ranks=list(cfg["glora"]["ranks"]))
+                       ranks=list(cfg["glora"]["ranks"]), lineage=stage.lineage())
     records = evo.records.values()
     # the figure plots accuracies: a candidate stopped early has only a bound
     draw_search(stage.dir, [vars(r) for r in records if not r.pruned], vars(best), s["budget"], space.subnet(best.key),

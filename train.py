@@ -13,7 +13,7 @@ from engine.trainer import Trainer
 
 
 def main(args):
-    stage = Stage("supernet", args)
+    stage = Stage("supernet", args, uses=("train",))
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, "train800")
     val = eval_loader(cfg, load_data(cfg, "val200"), device)
@@ -34,14 +34,15 @@ def main(args):
             accs["perf/val_acc1"] = sum(accs.values()) / len(accs)
         return accs
 
-    trainer = Trainer(stage, model, train_loader(cfg, train, device), cfg["train"], validate,
+    trainer = Trainer(stage, model, train_loader(cfg, train, device), "train", validate,
                       cfg["train"]["eval_every"], sampler, cfg["train"]["amp"])
     trainer.start()
     start = time.perf_counter()
     metrics = trainer.fit()
     if not stage.main:
         return stage.close()
-    path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs})
+    path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs,
+                                                                          "lineage": stage.lineage()})
     save_json(stage.dir / "summary.json", {
         "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
         "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,

@@ -4,8 +4,9 @@ search.py runs twice on the demo task as scripts/demo.sh prepares it (scikit-lea
 demo's tiny ViT at 32 px, its backbone pretrained without labels and its supernet trained here),
 with search.early_stop false and then true, val200 in batches of 25 (the early stop decides
 between batches). Reported: the search's own seconds (summary.json), the images it forwarded per
-generation (candidates.jsonl), and whether best_subnet.yaml came out identical, as it must. What
-early stopping saves grows with the spread of the candidates' accuracies and with smaller batches.
+generation (candidates.jsonl), and whether best_subnet.yaml came out identical but for the run that
+made it, as it must. What early stopping saves grows with the spread of the candidates' accuracies
+and with smaller batches.
 """
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ def search(cfg: Path, early_stop: bool, threads: int) -> dict:
     for line in (folder / "candidates.jsonl").read_text().splitlines():
         c = json.loads(line)
         per_gen[c["generation"]] = per_gen.get(c["generation"], 0) + c["images"]
+    best = load_yaml(folder / "best_subnet.yaml")
+    best.pop("lineage")  # which run made it: another one each time
     return {"seconds": summary["search_seconds"], "images": [per_gen[g] for g in sorted(per_gen)],
-            "pruned": summary["candidates_pruned"], "scored": summary["candidates_scored"],
-            "best": (folder / "best_subnet.yaml").read_text()}
+            "pruned": summary["candidates_pruned"], "scored": summary["candidates_scored"], "best": best}
 
 
 def bench_pruning(s: Settings, epochs: int | None = None, generations: int | None = None,

@@ -1,6 +1,7 @@
 """Check a prepared task (`python -m data --root R --task T`), build the demo
 (`python -m data build-demo --root R`) or a synthetic task of any size
-(`python -m data build-synthetic --root R --test 20000`); a problem prints `error: ...` and exits 2."""
+(`python -m data build-synthetic --root R --test 20000`). Each problem prints one `error: ...`
+line (the checker reports all it finds, not just the first) and the exit status is 2."""
 
 import argparse
 import sys
@@ -10,23 +11,24 @@ from typing import Iterator
 
 from glora.errors import UserError
 
-from .cache import check_images
+from .checks import image_problems, read_task
 from .demo import build_demo
-from .lists import SPLITS, task_dir
 from .synthetic import build_synthetic
-from .vtab import read_split, resolve_num_classes
 
 
-def check_task(root, task: str, num_classes: int | None = None, img_size: int = 224) -> Iterator[str]:
-    """Read every list and decode every image of a task, yielding report lines as it goes;
-    the first problem raises a UserError."""
-    task_dir(root, task)  # a missing folder is the first problem to report, even for registry tasks
-    k, note = resolve_num_classes(root, task, num_classes)
-    yield f"task {task}: {k} classes ({note})"
+def check_task(root, task: str, num_classes: int | None = None, img_size: int = 224,
+               problems: list[str] | None = None) -> Iterator[str]:
+    """Read every list and decode every image of a task, yielding report lines as it goes; every
+    problem found (all of them, not just the first) is appended to `problems`."""
+    problems = [] if problems is None else problems
+    lists = read_task(root, task, num_classes)  # a missing folder raises: nothing else to check
+    problems += lists.problems
+    if lists.num_classes is not None:
+        yield f"task {task}: {lists.num_classes} classes ({lists.source})"
+    yield from (f"note: {n}" for n in lists.notes)
     seen = set()  # train800val200 repeats train800 and val200: decode each image once
-    for split in SPLITS:
-        entries, _ = read_split(root, task, split, num_classes)
-        check_images([e for e in entries if e.path not in seen], img_size, desc=f"check {task}/{split}")
+    for split, entries in lists.entries.items():
+        problems += image_problems([e for e in entries if e.path not in seen], img_size, desc=f"check {task}/{split}")
         seen.update(e.path for e in entries)
         counts = Counter(e.label for e in entries)
         yield f"{split}: {len(entries)} images, {len(counts)} classes"
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         parser = argparse.ArgumentParser(
             prog="python -m data",
-            description="Check a VTAB-1k task: read every list and decode every image. "
+            description="Check a VTAB-1k task: read every list, apply every rule, decode every image; "
+                        "report every problem. "
                         "(`python -m data build-demo --root ROOT` writes the demo task.)")
         parser.add_argument("--root", required=True, help="data root holding <task>/ folders")
         parser.add_argument("--task", required=True, help="task folder name, e.g. cifar or digits")
@@ -65,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                             help="class count of a task of your own (default: max label + 1)")
         parser.add_argument("--img-size", type=int, default=224, help="resize to this size (default 224)")
         args = parser.parse_args(argv)
-        for line in check_task(args.root, args.task, args.num_classes, args.img_size):
+        problems: list[str] = []
+        for line in check_task(args.root, args.task, args.num_classes, args.img_size, problems):
             print(line, flush=True)
-        return 0
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2 if problems else 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,10 @@
 """Decode-once cache: a split decoded and resized once into uint8 images, kept as a safetensors file.
 
-A cache file is keyed by a hash of the list's entries, the image size, the resize method and
-FORMAT_VERSION; on load it is checked against the list, and anything stale or unreadable is rebuilt.
-It is written chunk by chunk and read batch by batch (`CachedImages`), so neither building nor
-reading it holds more than a chunk or a batch of images, however large the split.
-NOTE: an image file edited in place, with its list unchanged, is not noticed: delete the cache folder.
+A cache file is keyed by a hash of the list's entries, each image file's size and modification
+time, the image size, the resize method and FORMAT_VERSION; on load it is checked against the list,
+and anything stale or unreadable is rebuilt. It is written chunk by chunk and read batch by batch
+(`CachedImages`), so neither building nor reading it holds more than a chunk or a batch of images,
+however large the split.
 """
 
 import hashlib
@@ -86,23 +86,19 @@ def decode_split(
     return images
 
 
-def check_images(
-        entries: list[Entry],
-        img_size: int = 224,
-        interpolation: str = "bicubic",
-        workers: int | None = None,
-        desc: str = "check",
-) -> None:
-    """Decode and resize every entry's image, keeping none: a UserError names the first bad one."""
-    for _ in decode_chunks(entries, img_size, interpolation, workers, desc):
-        pass
 
 
 def cache_key(entries: list[Entry], img_size: int, interpolation: str) -> str:
-    """Hash of everything the decoded tensor depends on, except the image files' bytes."""
+    """Hash of everything the decoded tensor depends on: the list, the size and method, and each
+    image file's size and modification time (an image edited in place changes the key)."""
     h = hashlib.sha256(f"v{FORMAT_VERSION} {img_size} {interpolation}\n".encode())
     for e in entries:
-        h.update(f"{e.rel}\t{e.label}\n".encode())
+        try:
+            st = os.stat(e.path)
+            stamp = f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:  # decoding it will say what is wrong
+            stamp = "unreadable"
+        h.update(f"{e.rel}\t{e.label}\t{stamp}\n".encode())
     return h.hexdigest()
 
 

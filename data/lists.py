@@ -1,5 +1,6 @@
 """The VTAB-1k folder layout (`<root>/<task>/<split>.txt` plus images) and its list files."""
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,29 +51,54 @@ def list_path(root, task: str, split: str) -> Path:
     return path
 
 
-def read_list(path) -> list[Entry]:
-    """Parse a list file: one `relative/path label` per line, split on the last whitespace."""
+def read_list(path, root=None, problems: list[str] | None = None) -> list[Entry]:
+    """Parse a list file: one `relative/path label` per line, split on the last whitespace.
+
+    A UTF-8 byte-order mark is dropped. Every path must stay inside the data `root` (default: the
+    folder above the task folder, `<root>/<task>/<split>.txt`). A bad line raises a UserError; with
+    a `problems` list, each bad line is appended there instead and skipped.
+    """
     path = Path(path)
+    root = Path(os.path.normpath(path.parent.parent if root is None else Path(root).expanduser()))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"list file {path} does not exist: {LAYOUT_HINT}") from None
     except UnicodeDecodeError:
         raise UserError(f"list file {path} is not UTF-8 text: {LAYOUT_HINT}") from None
-    entries = []
+    entries, bad = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.strip().rsplit(None, 1)
-        if not fields:
+        try:
+            entry = _parse_line(path, lineno, line, root)
+        except UserError as e:
+            if problems is None:
+                raise
+            bad.append(str(e))
             continue
-        if len(fields) != 2 or not _LABEL.fullmatch(fields[1]):
-            raise UserError(f"{path}:{lineno}: malformed line {line!r}: expected "
-                            f"'<relative/image/path> <integer label>'")
-        rel, label = fields
-        entries.append(Entry(rel, path.parent / rel, int(label), f"{path}:{lineno}"))
-    if not entries:
-        raise UserError(f"list file {path} has no entries: add one '<relative/image/path> "
-                        f"<integer label>' line per image")
+        if entry is not None:
+            entries.append(entry)
+    if not entries and not bad:
+        bad.append(f"list file {path} has no entries: add one '<relative/image/path> <integer label>' line per image")
+        if problems is None:
+            raise UserError(bad[0])
+    if problems is not None:
+        problems.extend(bad)
     return entries
+
+
+def _parse_line(path: Path, lineno: int, line: str, root: Path) -> Entry | None:
+    fields = line.strip().rsplit(None, 1)
+    if not fields:
+        return None
+    if len(fields) != 2 or not _LABEL.fullmatch(fields[1]):
+        raise UserError(f"{path}:{lineno}: malformed line {line!r}: expected "
+                        f"'<relative/image/path> <integer label>'")
+    rel, label = fields
+    image = path.parent / rel
+    if Path(rel).is_absolute() or not Path(os.path.normpath(image)).is_relative_to(root):
+        raise UserError(f"{path}:{lineno}: image path {rel!r} leaves the data root {root}: "
+                        f"give paths relative to the task folder, inside the data root")
+    return Entry(rel, image, int(label), f"{path}:{lineno}")
 
 
 def list_text(items: Iterable[tuple[str, int]]) -> str:

@@ -76,17 +76,20 @@ def resolve_num_classes(root, task: str, num_classes: int | None = None) -> tupl
         list_path(root, task, _DERIVE_FROM[0])  # raises the missing-list error
     entries = read_list(path)
     derived = max(e.label for e in entries) + 1
-    note = f"derived as max label + 1 in {path.name}"
-    _check_labels(entries, derived, note)
-    return derived, note
+    return derived, f"derived as max label + 1 in {path.name}"  # a negative label fails where it is read
+
+
+def label_problems(entries: list[Entry], num_classes: int, note: str) -> list[str]:
+    """One message per entry whose label is outside [0, num_classes)."""
+    fix = "fix the label" if note == _FROM_REGISTRY else "fix the label or set data.num_classes"
+    return [f"{e.where}: label {e.label} is outside [0, {num_classes}) ({num_classes} classes, {note}): {fix}"
+            for e in entries if not 0 <= e.label < num_classes]
 
 
 def _check_labels(entries: list[Entry], num_classes: int, note: str) -> None:
-    for e in entries:
-        if not 0 <= e.label < num_classes:
-            fix = "fix the label" if note == _FROM_REGISTRY else "fix the label or set data.num_classes"
-            raise UserError(f"{e.where}: label {e.label} is outside [0, {num_classes}) "
-                            f"({num_classes} classes, {note}): {fix}")
+    bad = label_problems(entries, num_classes, note)
+    if bad:
+        raise UserError(bad[0])
 
 
 def task_num_classes(root, task: str, num_classes: int | None = None) -> int:

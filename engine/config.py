@@ -31,13 +31,24 @@ def load_config(paths: Union[str, Sequence[str], None] = None, overrides: Iterab
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=10")
         _set(cfg, key.strip(), _parse_value(text), where="--set")
-    if cfg["output"] is None:
+    if cfg["output"] is None and cfg["data"]["task"]:
         cfg["output"] = str(Path("outputs") / str(cfg["data"]["task"]))
     return cfg
 
 
 def save_config(cfg: dict, path) -> Path:
     return save_yaml(path, cfg)
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-4}, "model": {"kwargs": {"depth": 2}}}` -> `{"train.lr": 1e-4, "model.kwargs.depth": 2}`."""
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + str(key)] = value
+    return flat
 
 
 def _parse_value(text: str) -> Any:

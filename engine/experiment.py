@@ -62,3 +62,11 @@ def eval_loader(cfg: dict, split: SplitData, device: torch.device):
     d = cfg["data"]
     return split.loader(d["eval_batch_size"], device=device, resident_mb=d["resident_mb"], mean=d["mean"],
                         std=d["std"])
+
+
+def export_metadata(cfg: dict, num_classes: int) -> dict:
+    """What a merged file says of its model, for `glora.model.load_merged` and for a reader: the
+    timm name and kwargs, the class count, the input size and preprocessing."""
+    m, d = cfg["model"], cfg["data"]
+    return {"model": m["name"], "model_kwargs": m["kwargs"] or {}, "num_classes": num_classes,
+            "img_size": d["img_size"], "interpolation": d["interpolation"], "mean": d["mean"], "std": d["std"]}

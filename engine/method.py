@@ -65,33 +65,44 @@ def supernet_file(cfg: dict) -> Path:
     return Path(cfg["supernet"] or Path(cfg["output"]) / "supernet" / "supernet.safetensors")
 
 
-def upstream(cfg: dict) -> dict[str, Path]:
-    """The folders of the stages the retrain builds on: the supernet's if the search or the
-    retrain's init reads one, the search's for a searched subnet."""
+def supernet_rel(cfg: dict) -> str:
+    """The supernet as an upstream file of a stage: relative to the output folder (the run's own)
+    or absolute (`supernet`)."""
+    return str(Path(cfg["supernet"]).resolve()) if cfg["supernet"] else "supernet/supernet.safetensors"
+
+
+def upstream_stages(cfg: dict) -> list[str]:
+    """The stages the retrain builds on: the supernet if the search or the retrain's init reads
+    one, the search for a searched subnet."""
     r = cfg["retrain"]
     searched = r["subnet"] == "searched"
-    folders = {"supernet": supernet_file(cfg).parent} if searched or r["init"] == "supernet" else {}
-    return {**folders, **({"search": Path(cfg["output"]) / "search"} if searched else {})}
+    return ["supernet"] * (searched or r["init"] == "supernet") + ["search"] * searched
+
+
+def upstream(cfg: dict) -> dict[str, Path]:
+    """The folders of the stages the retrain builds on (see upstream_stages)."""
+    folders = {"supernet": supernet_file(cfg).parent, "search": Path(cfg["output"]) / "search"}
+    return {s: folders[s] for s in upstream_stages(cfg)}
 
 
 def stages(cfg: dict) -> list[str]:
     """The stages the method runs, in order; a supernet that `supernet` names is trained elsewhere."""
     check(cfg)
-    return [s for s in upstream(cfg) if not (s == "supernet" and cfg["supernet"])] + ["retrain"]
+    return [s for s in upstream_stages(cfg) if not (s == "supernet" and cfg["supernet"])] + ["retrain"]
 
 
-def check_upstream(cfg: dict) -> None:
-    """The files the retrain reads exist (checked before any work), or one line says what makes them."""
+def check_upstream(stage) -> None:
+    """The files the retrain reads exist and were made for this experiment (checked before any
+    work, see engine.run.Stage.upstream), or one line says what makes them."""
+    cfg = stage.cfg
     r = cfg["retrain"]
-    searched = Path(cfg["output"]) / "search" / "best_subnet.yaml"
-    if r["subnet"] == "searched" and not searched.is_file():
-        raise UserError(f"{searched}: no searched subnet; run search.py with this config first "
-                        "(or set retrain.subnet to uniform, random or a subnet file)")
-    if r["subnet"] not in SUBNETS and not Path(r["subnet"]).is_file():
+    if r["subnet"] == "searched":
+        stage.upstream("search/best_subnet.yaml", "no searched subnet; run search.py with this config first "
+                       "(or set retrain.subnet to uniform, random or a subnet file)")
+    elif r["subnet"] not in SUBNETS and not Path(r["subnet"]).is_file():
         raise UserError(f"retrain.subnet={r['subnet']}: no such subnet file")
-    if r["init"] == "supernet" and not supernet_file(cfg).is_file():
-        raise UserError(f"{supernet_file(cfg)}: no trained supernet to start from; run train.py or set "
-                        "retrain.init=scratch")
+    if r["init"] == "supernet":
+        stage.upstream(supernet_rel(cfg), "no trained supernet to start from; run train.py or set retrain.init=scratch")
 
 
 def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:

@@ -1,4 +1,5 @@
-"""The epoch loop of both fine-tuning stages: AdamW, cosine schedule with warm-up, checkpoints, resume."""
+"""The epoch loop of both fine-tuning stages: AdamW, cosine schedule with warm-up, checkpoints,
+resume (also mid-epoch, after a stop signal)."""
 from __future__ import annotations
 
 import math
@@ -15,11 +16,13 @@ from tqdm import tqdm
 
 from glora.errors import UserError
 from glora.io import tuples
+from glora.merge import adapter_state, first_nonfinite
 
 from . import distributed
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_state, save_checkpoint
 from .loops import train_step
 from .run import Stage, log, rng_state, seed_noise, set_rng_state
+from .stop import Stopped
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
@@ -32,39 +35,46 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device
 class Trainer:
     """Trains `model`'s trainable parameters on `loader` as the stage's config section says.
 
-    `section` holds epochs, lr, weight_decay, warmup_epochs, warmup_lr, min_lr, ckpt_every;
-    `validate()` returns scalars to log every `eval_every` epochs and at the end;
+    `section` names it (train, retrain): epochs, lr, weight_decay, warmup_epochs, warmup_lr, min_lr,
+    ckpt_every; `validate()` returns scalars to log every `eval_every` epochs and at the end;
     `sampler` is the generator the supernet draws its subnets from (saved for exact resume).
+    A stop signal ends the loop after the current batch, with a checkpoint (engine.stop).
     """
 
-    def __init__(self, stage: Stage, model: nn.Module, loader, section: dict,
+    def __init__(self, stage: Stage, model: nn.Module, loader, section: str,
                  validate: Optional[Callable[[], dict]] = None, eval_every: int = 0,
                  sampler: Optional[random.Random] = None, amp: bool = True):
         self.stage, self.model, self.loader, self.section = stage, model, loader, section
         self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
-        self.epochs = int(section["epochs"])
+        c = stage.cfg[section]
+        self.epochs, self.ckpt_every = int(c["epochs"]), int(c["ckpt_every"])
         self.net = model  # what the loop calls: the model itself, or its DDP wrapper under torchrun
         if distributed.world_size() > 1:
             # Layers whose config leaves some storage unused in a step leave DDP gradients to find.
             ids = [stage.device] if stage.device.type == "cuda" else None
             self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-        self.optimizer = adamw(model, section["lr"], section["weight_decay"], stage.device)
+        self.optimizer = adamw(model, c["lr"], c["weight_decay"], stage.device)
         self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=self.epochs, lr_min=section["min_lr"],
-            warmup_t=section["warmup_epochs"], warmup_lr_init=section["warmup_lr"],
+            self.optimizer, t_initial=self.epochs, lr_min=c["min_lr"],
+            warmup_t=c["warmup_epochs"], warmup_lr_init=c["warmup_lr"],
         )
-        self.epoch = 0
+        self.epoch = 0  # epochs completed
+        self.loss_sum = torch.zeros((), device=stage.device)  # this epoch's so far, and its batches
+        self.batches = 0
         self.train_seconds = 0.0
         self.ckpt_dir = stage.dir / "checkpoint"
 
     def state(self) -> dict:
-        """The loop's state; collective under torchrun (it gathers every rank's generator states)."""
+        """The loop's state, also mid-epoch; collective under torchrun (it gathers every rank's
+        generator states and loss sums)."""
         state = {
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loader": self.loader.state_dict(),
             "rng": distributed.all_gather(rng_state(self.stage.device)),  # one per rank
+            "loss_sum": distributed.all_gather(self.loss_sum.item()),
+            "batches": self.batches,
             "train_seconds": self.train_seconds,
         }
         if self.sampler is not None:
@@ -72,41 +82,40 @@ class Trainer:
         return state
 
     def start(self) -> None:
-        """With --resume continue from the last checkpoint; otherwise start afresh (and say so)."""
+        """With --resume continue from the run's last checkpoint; then the stage begins."""
         seed_noise(int(self.stage.cfg["seed"]))
         if self.stage.resume:
             self.restore()
-        elif find_checkpoint(self.ckpt_dir) is not None:
-            log.info("starting afresh: the checkpoint in %s will be replaced (use --resume to continue it)",
-                     self.ckpt_dir)
-        self.stage.begin()
+        self.stage.begin(self.epoch)
 
     def restore(self) -> bool:
-        """Continue from the last checkpoint, if there is one; returns whether it did."""
-        folder = find_checkpoint(self.ckpt_dir)
-        if folder is None:
-            log.info("no checkpoint in %s: starting from epoch 0", self.ckpt_dir)
+        """Continue from the run's last checkpoint, if it has one; returns whether it did."""
+        state = latest_state(self.ckpt_dir, self.stage.run, self.model)
+        if state is None:
+            log.info("no checkpoint of this run in %s yet: it starts from epoch 0", self.ckpt_dir)
             return False
-        state = load_checkpoint(folder, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["loader"])
-        self._restore_rng(state["rng"])
+        mine = self._own(state["rng"], "the drop-path/dropout noise is drawn afresh")
+        if mine is not None:
+            set_rng_state(mine, self.stage.device)
+        mine = self._own(state["loss_sum"], "this epoch's logged loss counts the other ranks' batches")
+        self.loss_sum.fill_(state["loss_sum"][0] if mine is None else mine)
         if self.sampler is not None:
             self.sampler.setstate(tuples(state["sampler"]))
-        self.epoch, self.train_seconds = int(state["epoch"]), float(state["train_seconds"])
-        log.info("resumed from %s at epoch %d", folder, self.epoch)
+        self.epoch, self.batches, self.train_seconds = int(state["epoch"]), int(state["batches"]), float(state["train_seconds"])
+        log.info("resumed from the checkpoint of run %s at epoch %d%s", self.stage.run, self.epoch,
+                 f", batch {self.batches}" if self.batches else "")
         return True
 
-    def _restore_rng(self, states) -> None:
-        """This rank's generator states; a checkpoint of another world size cannot replay them."""
-        states = [states] if isinstance(states, dict) else states
-        if len(states) == distributed.world_size():
-            set_rng_state(states[distributed.rank()], self.stage.device)
-        else:
-            log.warning("checkpoint written by %d process(es), resumed on %d: the run goes on, but the "
-                        "drop-path/dropout noise is drawn afresh (not bit-exact with an uninterrupted run)",
-                        len(states), distributed.world_size())
+    def _own(self, per_rank: list, otherwise: str):
+        """This rank's entry of a per-rank list; a checkpoint of another world size cannot replay them."""
+        if len(per_rank) == distributed.world_size():
+            return per_rank[distributed.rank()]
+        log.warning("checkpoint written by %d process(es), resumed on %d: the run goes on, but %s "
+                    "(not bit-exact with an uninterrupted run)", len(per_rank), distributed.world_size(), otherwise)
+        return None
 
     def fit(self) -> dict:
         writer, device = self.stage.writer, self.stage.device
@@ -117,14 +126,20 @@ class Trainer:
             start = time.perf_counter()
             self.scheduler.step(epoch)
             self.model.train()
-            total, batches = torch.zeros((), device=device), 0
             for x, y in self.loader:
-                total += train_step(self.net, distributed.shard(x), distributed.shard(y), self.optimizer,
-                                    device, self.amp)
-                batches += 1
-            loss = distributed.mean(total).item() / max(batches, 1)
+                self.loss_sum += train_step(self.net, distributed.shard(x), distributed.shard(y), self.optimizer,
+                                            device, self.amp)
+                self.batches += 1
+                if self.stage.stop.requested():  # every rank asks after every batch: all stop after the same one
+                    self.train_seconds += time.perf_counter() - start
+                    self._checkpoint()
+                    raise Stopped(f"{self.stage.stop.received or 'a signal to another rank'} in epoch {epoch + 1} of "
+                                  f"{self.epochs}, after its batch {self.batches} of {len(self.loader)} (checkpoint written)")
+            loss = distributed.mean(self.loss_sum).item() / max(self.batches, 1)
             if not math.isfinite(loss):
-                raise UserError(f"training diverged (loss {loss}) at epoch {epoch}: lower {self.stage.name}.lr")
+                raise UserError(f"training diverged (loss {loss}) at epoch {epoch + 1}: lower {self.section}.lr")
+            self.loss_sum.zero_()
+            self.batches = 0
             self.train_seconds += time.perf_counter() - start
             self.epoch = epoch + 1
             lr = self.optimizer.param_groups[0]["lr"]
@@ -138,12 +153,20 @@ class Trainer:
                     writer.add_scalar(k, v, self.epoch)
                 log.info("epoch %d: loss %.4f, %s", self.epoch, loss,
                          ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-            if last or self.epoch % int(self.section["ckpt_every"]) == 0:
-                state = self.state()
-                if self.stage.main:
-                    save_checkpoint(self.ckpt_dir, self.model, state)
-                distributed.barrier()
+            if last or self.epoch % self.ckpt_every == 0:
+                self._checkpoint()
         if not metrics and self.validate is not None:  # resumed after the last epoch: report anyway
             metrics = self.validate()
         writer.flush()
         return metrics
+
+    def _checkpoint(self) -> None:
+        """Write the run's checkpoint (rank 0), refusing non-finite parameters (every rank: they are equal)."""
+        bad = first_nonfinite(adapter_state(self.model))
+        if bad is not None:
+            raise UserError(f"training diverged: {bad} holds non-finite values after epoch {self.epoch} (the last "
+                            f"good checkpoint is kept): lower {self.section}.lr")
+        state = self.state()
+        if self.stage.main:
+            save_checkpoint(self.ckpt_dir, self.stage.run, state, self.model)
+        distributed.barrier()

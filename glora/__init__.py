@@ -14,7 +14,7 @@ _EXPORTS = {
     "param_bounds": "inject", "sample_subnet": "inject", "set_sampler": "inject", "uniform_subnet": "inject",
     "merge_glora": "merge", "export_merged": "merge", "load_adapters": "merge", "save_adapters": "merge",
     "save_hub_folder": "hub",
-    "create_model": "model",
+    "create_model": "model", "load_merged": "model",
     "load_subnet": "subnet", "save_subnet": "subnet",
 }
 __all__ = list(_EXPORTS)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import torch
 from torch import nn
 
 from .errors import UserError
@@ -20,17 +21,30 @@ def merge_glora(model: nn.Module) -> nn.Module:
     for name, layer in glora_layers(model).items():
         if layer.config is None:
             raise RuntimeError(f"{name} has no fixed config: call set_subnet(model, subnet) before merging")
+        try:
+            linear = layer.to_linear()
+        except ValueError as e:  # non-finite W' or b': the adapters diverged
+            raise UserError(f"{name}: {e}; retrain with a lower lr") from None
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer.to_linear())
+        setattr(model.get_submodule(parent_name), child, linear)
     return model
 
 
 def export_merged(model: nn.Module, path, metadata: Optional[dict] = None) -> Path:
-    """Save a merged model's state dict as safetensors: an ordinary timm checkpoint."""
+    """Save a merged model's state dict as safetensors: an ordinary timm checkpoint.
+
+    `metadata` goes into the file's header, strings as they are and anything else as JSON; with
+    `model`, `num_classes` and `model_kwargs` there, `glora.model.load_merged` rebuilds the model.
+    """
     if glora_layers(model):
         raise RuntimeError("export_merged needs a merged model: call merge_glora(model) first")
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     return save_tensors(path, model.state_dict(), {"format": "pt", **meta})
+
+
+def first_nonfinite(tensors: dict) -> Optional[str]:
+    """The name of the first tensor holding a NaN or an infinity, or None if all are finite."""
+    return next((k for k, v in tensors.items() if not torch.isfinite(v).all()), None)
 
 
 def _layer_signature(model: nn.Module) -> dict:
@@ -52,6 +66,10 @@ def save_adapters(model: nn.Module, path, extra: Optional[dict] = None) -> Path:
     layers = glora_layers(model)
     if not layers:
         raise RuntimeError("save_adapters: the model has no GLoRA layers")
+    tensors = adapter_state(model)
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        raise UserError(f"{path}: not written, {bad} holds non-finite values (training diverged); lower the lr")
     space = next(iter(layers.values())).space
     fixed = all(l.config is not None for l in layers.values())
     meta = {
@@ -63,7 +81,7 @@ def save_adapters(model: nn.Module, path, extra: Optional[dict] = None) -> Path:
         "compact": json.dumps(all(l.compacted for l in layers.values())),
         **{k: json.dumps(v) for k, v in (extra or {}).items()},
     }
-    return save_tensors(path, adapter_state(model), meta)
+    return save_tensors(path, tensors, meta)
 
 
 def read_adapter_metadata(path) -> dict:
@@ -106,6 +124,10 @@ def load_adapters(model: nn.Module, path, strict_head: bool = True) -> dict:
         heads = tuple(f"{h}." for h in head_names(model))
         tensors = {k: v for k, v in tensors.items() if not k.startswith(heads)}
         expected = {k: v for k, v in expected.items() if not k.startswith(heads)}
+    nonfinite = first_nonfinite(tensors)
+    if nonfinite is not None:
+        raise UserError(f"{path}: {nonfinite} holds non-finite values (the run that wrote it diverged); "
+                        "train it again with a lower lr")
     bad = sorted(k for k in expected if k not in tensors or tensors[k].shape != expected[k].shape)
     if bad or set(tensors) - set(expected):
         k = (bad or sorted(set(tensors) - set(expected)))[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Union
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from .errors import UserError
 from .inject import head_names
+from .io import load_tensors, tensors_metadata
 
 WEIGHT_FILES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
@@ -82,6 +84,24 @@ def load_weights(model: nn.Module, path: str) -> None:
             f"missing {missing[:3]}, unexpected {unexpected[:3]}); check model.name and model.kwargs"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in ours}, strict=False)
+
+
+def load_merged(path) -> nn.Module:
+    """The plain timm model that a merged file (`export_merged`) describes, its weights loaded strictly.
+
+    The file's metadata names the model (`model`, `model_kwargs`, `num_classes`); the merge never adds
+    a tensor the plain architecture lacks (a layer without bias takes no C, D or E), so every key fits.
+    """
+    meta = tensors_metadata(path)
+    missing = [k for k in ("model", "num_classes", "model_kwargs") if k not in meta]
+    if missing:
+        raise UserError(f"{path}: its metadata lacks {missing}; it was not written by retrain.py's export")
+    model = _timm_create(meta["model"], int(meta["num_classes"]), **json.loads(meta["model_kwargs"]))
+    try:
+        model.load_state_dict(load_tensors(path), strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{path}: does not load into {meta['model']} ({str(e).splitlines()[1].strip()})") from None
+    return model.eval()
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

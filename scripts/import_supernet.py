@@ -15,15 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import timm  # noqa: E402
 
 from glora import UserError, save_adapters  # noqa: E402
-from engine.config import load_config  # noqa: E402
 from engine.experiment import build_model  # noqa: E402
+from engine.run import Stage, execute  # noqa: E402
 from glora.merge import adapter_state  # noqa: E402
-from data import task_num_classes  # noqa: E402
 
 
-def import_supernet(cfg: dict, checkpoint: str) -> Path:
-    num_classes = task_num_classes(cfg["data"]["root"], cfg["data"]["task"], cfg["data"]["num_classes"])
-    model = build_model(cfg, num_classes)
+def import_supernet(stage: Stage, checkpoint: str) -> Path:
+    """Write `checkpoint`'s adapters and head as the supernet stage's output, as a run of that stage."""
+    model = build_model(stage.cfg, stage.data["num_classes"])
     try:
         state = timm.models.load_state_dict(checkpoint, weights_only=True)
     except Exception as e:  # safetensors and pickle raise many types for a foreign file
@@ -39,8 +38,10 @@ def import_supernet(cfg: dict, checkpoint: str) -> Path:
                         f"({len(missing)} missing, {len(wrong)} of another shape); check glora.ranks, "
                         "glora.targets, model.name and data.num_classes")
     model.load_state_dict({k: state[k] for k in wanted}, strict=False)
-    return save_adapters(model, Path(cfg["output"]) / "supernet" / "supernet.safetensors",
-                         extra={"imported_from": str(checkpoint)})
+    stage.record["imported_from"] = str(checkpoint)  # a train.py --resume has nothing to continue
+    stage.begin()  # the previous supernet run moves to previous/
+    return save_adapters(model, stage.dir / "supernet.safetensors",
+                         extra={"imported_from": str(checkpoint), "lineage": stage.lineage()})
 
 
 def main() -> int:
@@ -49,13 +50,15 @@ def main() -> int:
     p.add_argument("checkpoint")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
-    try:
-        path = import_supernet(load_config(args.config, args.overrides), args.checkpoint)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"supernet written to {path}; next: python search.py {args.config}")
-    return 0
+    args.resume = False  # an import is always a fresh run of the supernet stage
+
+    def run(args):
+        stage = Stage("supernet", args, uses=("train",))
+        path = import_supernet(stage, args.checkpoint)
+        stage.close()
+        print(f"supernet written to {path}; next: python search.py {args.config}")
+
+    return execute(run, args)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 from data.registry import GROUPS, TASKS  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.method import STAGE_SCRIPTS, stages  # noqa: E402
+from engine.status import STOPPED as STOPPED_RESUMABLE  # noqa: E402
 from glora.errors import UserError  # noqa: E402
 
-# A stage that exits with this status stopped at a checkpoint on request and continues with
+# A stage that exits with STOPPED_RESUMABLE stopped at a checkpoint on request and continues with
 # --resume (EX_TEMPFAIL of sysexits.h); any other non-zero status fails the cell.
-STOPPED_RESUMABLE = 75
 STOP_SIGNAL = signal.SIGTERM  # how a job asks its running stage to checkpoint and stop
 STOP_GRACE_S = 60  # then the stage is killed; below submitit's 90 s between SLURM's warning and the kill
 GRID_KEYS = ("name", "output", "experiment", "tasks", "seeds", "configs", "set")

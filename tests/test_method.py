@@ -167,11 +167,23 @@ def test_a_supernet_serves_only_spaces_within_the_one_it_trained(tmp_path):
         load_adapters(wider, path)
 
 
+class _Upstream:
+    """What check_upstream asks of a stage: its config, and `upstream` raising where a file is missing."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def upstream(self, rel, missing):
+        if not (Path(self.cfg["output"]) / rel).is_file():
+            raise UserError(f"{rel}: not found; {missing}")
+
+
 def test_the_retrain_names_the_missing_upstream_file_before_any_work(tmp_path):
     out = f"output={tmp_path}"
     for sets, needle in ((["retrain.subnet=searched"], "no searched subnet; run search.py"),
                          (["retrain.subnet=uniform", "retrain.uniform={}"], "no trained supernet to start from"),
                          (["retrain.subnet=elsewhere/best.yaml", "retrain.init=scratch"], "no such subnet file")):
         with pytest.raises(UserError, match=needle):
-            method.check_upstream(load_config(None, [out, *sets]))
-    method.check_upstream(load_config(None, [out, "retrain.subnet=uniform", "retrain.uniform={}", "retrain.init=scratch"]))
+            method.check_upstream(_Upstream(load_config(None, [out, *sets])))
+    method.check_upstream(_Upstream(load_config(None, [out, "retrain.subnet=uniform", "retrain.uniform={}",
+                                                       "retrain.init=scratch"])))

@@ -14,7 +14,7 @@ from conftest import stage
 from data import build_demo
 from engine import method
 from engine.config import load_config
-from engine.run import parse_args
+from engine.run import Stage, parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["glora", "glora-random", "glora-uniform", "lora", "ssf-like", "bitfit", "full", "linear"]
@@ -46,12 +46,16 @@ def experiment(tmp_path_factory):
 
 
 def run_method(experiment, name, output, *overrides, resume=False):
-    """The preset's stages, in process, as scripts/vtab.sh --method runs them."""
+    """The preset's stages, in process, as scripts/vtab.sh --method runs them (what a stage holds,
+    its folder lock and signal handlers, is released after each as by its CLI)."""
     args = [str(experiment), str(ROOT / "configs" / "methods" / f"{name}.yaml"), "--set", f"output={output}"]
     for o in overrides:
         args += ["--set", o]
     for s in method.stages(load_config(args[:2], args[3::2])):
-        stage(SCRIPTS[s]).main(parse_args(args + ["--resume"] * resume))
+        try:
+            stage(SCRIPTS[s]).main(parse_args(args + ["--resume"] * resume))
+        finally:
+            Stage.release_all()
     return json.loads((Path(output) / "retrain" / "results.json").read_text())
 
 

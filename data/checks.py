@@ -1,0 +1,141 @@
+"""A task as a whole, checked before any image is decoded: its four lists read, labels in range, at
+least two classes, every class with a training example, val200 apart from train800, and
+train800val200 their union; then, for the checker, every image decoded.
+
+`read_task` collects every problem (`python -m data` reports them all); `check_task_lists` is what
+the stages call: the first problem is an error, else the lists, their class count and fingerprint.
+"""
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from glora.errors import UserError
+
+from .cache import default_workers
+from .lists import LAYOUT_HINT, SPLITS, Entry, read_list, task_dir
+from .registry import get_task
+from .transforms import decode_image
+from .vtab import label_problems, resolve_num_classes
+
+_SHOWN = 5  # examples named in a message about many lines
+
+
+@dataclass
+class TaskLists:
+    """The lists of a task as read (a list that cannot be read is missing), and what is wrong."""
+
+    task: str
+    entries: dict[str, list[Entry]]
+    num_classes: int | None = None  # None when the lists leave it unknown
+    source: str = ""  # where the class count comes from
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth a line, not wrong
+
+    def fingerprint(self) -> str:
+        """A digest of every list's image paths and labels: what the task's data is."""
+        h = hashlib.sha256()
+        for split in SPLITS:
+            h.update(f"[{split}]\n".encode())
+            for e in self.entries.get(split, ()):
+                h.update(f"{e.rel}\t{e.label}\n".encode())
+        return h.hexdigest()
+
+
+def read_task(root, task: str, num_classes: int | None = None) -> TaskLists:
+    """Read the four lists of `<root>/<task>` and apply every rule that needs no image.
+
+    A missing data root or task folder raises at once (nothing else can be checked).
+    """
+    folder = task_dir(root, task)
+    lists = TaskLists(task, {})
+    for split in SPLITS:
+        path = folder / f"{split}.txt"
+        if not path.is_file():
+            lists.problems.append(f"list file {path} does not exist: {LAYOUT_HINT}")
+            continue
+        try:
+            lists.entries[split] = read_list(path, root, lists.problems)
+        except UserError as e:  # not UTF-8
+            lists.problems.append(str(e))
+    if lists.problems:  # the class count and the rules below need every list read whole
+        return lists
+    try:
+        lists.num_classes, lists.source = resolve_num_classes(root, task, num_classes)
+    except UserError as e:
+        lists.problems.append(str(e))
+        return lists
+    for entries in lists.entries.values():
+        lists.problems += label_problems(entries, lists.num_classes, lists.source)
+    _check_classes(lists, folder / "train800val200.txt")
+    _check_splits(lists, folder)
+    return lists
+
+
+def check_task_lists(root, task: str, num_classes: int | None = None) -> TaskLists:
+    """`read_task`, with its first problem raised as a UserError (naming how many more there are)."""
+    lists = read_task(root, task, num_classes)
+    if lists.problems:
+        more = len(lists.problems) - 1
+        raise UserError(lists.problems[0] + (f" ({more} more problem{'s' * (more > 1)}: "
+                                             f"python -m data --root {root} --task {task} lists them all)"
+                                             if more else ""))
+    return lists
+
+
+def _check_classes(lists: TaskLists, union_path) -> None:
+    k, source = lists.num_classes, lists.source
+    if k < 2:
+        lists.problems.append(f"task {lists.task} has {k} class ({source}): classification needs at least "
+                              "two; check the labels or set data.num_classes")
+        return
+    seen = {e.label for e in lists.entries["train800val200"]}
+    empty = [c for c in range(k) if c not in seen]
+    if not empty:
+        return
+    if get_task(lists.task) is not None:  # VTAB-1k's own 1,000 samples may miss a class of a large task
+        lists.notes.append(f"train800val200: {len(empty)} of {k} classes have no example ({_few(empty)})")
+    else:
+        lists.problems.append(f"{union_path}: classes {_few(empty)} have no training example ({k} classes, "
+                              f"{source}): fix the label that adds a class, or set data.num_classes")
+
+
+def _check_splits(lists: TaskLists, folder) -> None:
+    def items(split):
+        return Counter((os.path.normpath(e.rel), e.label) for e in lists.entries[split])
+
+    train, val, union = items("train800"), items("val200"), items("train800val200")
+    both = sorted({p for p, _ in train} & {p for p, _ in val})
+    if both:
+        lists.problems.append(f"{folder / 'val200.txt'}: {len(both)} image(s) also in train800.txt "
+                              f"({_few(both)}): validation must be apart from training; fix the lists")
+    lacking, extra = sorted(((train + val) - union).elements()), sorted((union - (train + val)).elements())
+    if lacking or extra:
+        lists.problems.append(
+            f"{folder / 'train800val200.txt'} is not train800 + val200: it lacks {len(lacking)} of their "
+            f"lines ({_few(lacking)}) and has {len(extra)} others ({_few(extra)}); write it as the two lists joined")
+
+
+def image_problems(entries: list[Entry], img_size: int = 224, interpolation: str = "bicubic",
+                   workers: int | None = None, desc: str = "check") -> list[str]:
+    """Decode every entry's image, keeping none: one message per image that cannot be read, in list order."""
+
+    def check(e: Entry) -> str | None:
+        try:
+            decode_image(e.path, img_size, interpolation)
+        except UserError as exc:
+            return f"{e.where}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:  # PIL releases the GIL
+        found = tqdm(pool.map(check, entries), total=len(entries), desc=desc, unit="img", leave=False, disable=None)
+        return [p for p in found if p is not None]
+
+
+def _few(items: list) -> str:
+    shown = ", ".join(str(i if not isinstance(i, tuple) else f"{i[0]} {i[1]}") for i in items[:_SHOWN])
+    return shown + (f", ... {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
