@@ -2,18 +2,17 @@
 import copy
 import time
 
-from glora import compact_subnet, load_adapters, merge_glora, save_adapters, save_subnet, set_subnet, subnet_params
 from engine import method
+from engine.experiment import build_model, eval_loader, export_metadata, load_data, save_hub, train_loader
 from engine.loops import evaluate
-from glora.errors import UserError
-from engine.experiment import build_model, eval_loader, export_metadata, load_data, train_loader
-from glora.inject import head_params, mark_trainable
-from glora.io import load_yaml, save_json
-from glora.hub import save_hub_folder
-from glora.merge import export_merged
-from glora.model import count_params
 from engine.run import Stage, cli, log
 from engine.trainer import Trainer
+from glora import compact_subnet, load_adapters, merge_glora, save_adapters, save_subnet, set_subnet, subnet_params
+from glora.errors import UserError
+from glora.inject import head_params, mark_trainable
+from glora.io import save_json
+from glora.merge import export_merged
+from glora.model import count_params
 
 
 def main(args):
@@ -63,11 +62,7 @@ def main(args):
         stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
 
     timings = {"retrain_train_s": trainer.train_seconds, "test_eval_s": eval_seconds,
-               "test_eval_merged_s": merged_eval_seconds}
-    upstream = method.upstream(cfg)
-    for key, s, field in (("supernet_train_s", "supernet", "train_seconds"), ("search_s", "search", "search_seconds")):
-        if s in upstream and (upstream[s] / "summary.json").is_file():
-            timings[key] = load_yaml(upstream[s] / "summary.json").get(field)
+               "test_eval_merged_s": merged_eval_seconds, **method.upstream_timings(cfg)}
     results = {
         "method": cfg["method"], "task": cfg["data"]["task"], "model": cfg["model"]["name"],
         "num_classes": train.num_classes, "test_acc": test_acc, "test_acc_merged": test_acc_merged,
@@ -77,16 +72,7 @@ def main(args):
         "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
     }
     save_json(stage.dir / "results.json", results)
-    d = cfg["data"]
-    save_hub_folder(merged, stage.dir / "hub", img_size=d["img_size"], mean=d["mean"], std=d["std"],
-                    interpolation=d["interpolation"], model_args=cfg["model"]["kwargs"], weights=path,
-                    name=f"{cfg['model']['name']}.glora_{d['task']}", details={
-                        "Task": f"{d['task']} ({train.num_classes} classes)",
-                        "Method": f"{cfg['method']} (subnet {r['subnet']}, backbone {r['backbone']}, init {r['init']})",
-                        "Protocol": "supernet on train800, search on val200 (where the method has them), retrain "
-                                    "on train800val200; test accuracy of the final epoch, evaluated once",
-                        "Test accuracy (%)": round(test_acc if test_acc_merged is None else test_acc_merged, 2), "Adapter parameters": adapter_params,
-                        "Head parameters": results["head_params"]})
+    save_hub(cfg, merged, results)
     log.info("test acc1 %.2f, merged %s, %d trainable params -> %s", test_acc,
              "–" if test_acc_merged is None else f"{test_acc_merged:.2f}", results["trainable_params"], path)
     stage.close()

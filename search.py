@@ -8,13 +8,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine import distributed, method
-from glora import load_adapters, save_subnet
+from engine.checkpoint import latest_state, save_checkpoint
 from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
-from glora.io import atomic_write, save_json
-from engine.checkpoint import latest_state, save_checkpoint
 from engine.run import Stage, cli, log
 from engine.stop import Stopped
+from glora import load_adapters, save_subnet
+from glora.io import atomic_write, save_json
 from search.evolution import CandidateSpace, EvolutionSearch
 from search.score import MergedScorer
 

@@ -2,14 +2,14 @@
 import random
 import time
 
-from glora import sample_subnet, save_adapters, set_subnet
-from engine.loops import evaluate
 from engine.experiment import build_model, eval_loader, load_data, train_loader
+from engine.loops import evaluate
+from engine.run import Stage, cli, log
+from engine.trainer import Trainer
+from glora import sample_subnet, save_adapters, set_subnet
 from glora.inject import head_params
 from glora.io import save_json
 from glora.model import count_params
-from engine.run import Stage, cli, log
-from engine.trainer import Trainer
 
 
 def main(args):

@@ -1,7 +1,9 @@
-"""From a resolved config to the objects every stage needs: the GLoRA model and the data splits."""
+"""From a resolved config to the objects every stage needs: the GLoRA model, the data splits, and
+what the export says of the model (merged file metadata, Hub folder)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from data import load_split
 from data.vtab import SplitData
 
 from glora.errors import UserError
+from glora.hub import save_hub_folder
 from glora.inject import inject_glora, mark_trainable
 from glora.model import create_model
 from glora.space import SearchSpace
@@ -70,3 +73,20 @@ def export_metadata(cfg: dict, num_classes: int) -> dict:
     m, d = cfg["model"], cfg["data"]
     return {"model": m["name"], "model_kwargs": m["kwargs"] or {}, "num_classes": num_classes,
             "img_size": d["img_size"], "interpolation": d["interpolation"], "mean": d["mean"], "std": d["std"]}
+
+
+def save_hub(cfg: dict, merged: nn.Module, results: dict) -> Path:
+    """The merged model in timm's Hub format under `<output>/retrain/hub/` (glora.hub), its model
+    card naming the task, the method, the protocol, the test accuracy and the parameter counts."""
+    d, r = cfg["data"], cfg["retrain"]
+    acc = results["test_acc"] if results["test_acc_merged"] is None else results["test_acc_merged"]
+    return save_hub_folder(
+        merged, Path(cfg["output"]) / "retrain" / "hub", img_size=d["img_size"], mean=d["mean"], std=d["std"],
+        interpolation=d["interpolation"], model_args=cfg["model"]["kwargs"], weights=results["merged_checkpoint"],
+        name=f"{cfg['model']['name']}.glora_{d['task']}", details={
+            "Task": f"{d['task']} ({results['num_classes']} classes)",
+            "Method": f"{cfg['method']} (subnet {r['subnet']}, backbone {r['backbone']}, init {r['init']})",
+            "Protocol": "supernet on train800, search on val200 (where the method has them), retrain on "
+                        "train800val200; test accuracy of the final epoch, evaluated once",
+            "Test accuracy (%)": round(acc, 2), "Adapter parameters": results["adapter_params"],
+            "Head parameters": results["head_params"]})

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from glora.errors import UserError
+from glora.io import load_yaml
 from glora.inject import Subnet, head_names, uniform_subnet
 from glora.space import TENSORS, SearchSpace
 from glora.subnet import load_subnet
@@ -83,6 +84,16 @@ def upstream(cfg: dict) -> dict[str, Path]:
     """The folders of the stages the retrain builds on (see upstream_stages)."""
     folders = {"supernet": supernet_file(cfg).parent, "search": Path(cfg["output"]) / "search"}
     return {s: folders[s] for s in upstream_stages(cfg)}
+
+
+def upstream_timings(cfg: dict) -> dict[str, float]:
+    """What the stages the retrain builds on took (from their summary.json), for results.json."""
+    timings = {}
+    for key, stage, field in (("supernet_train_s", "supernet", "train_seconds"), ("search_s", "search", "search_seconds")):
+        summary = upstream(cfg).get(stage, Path("-")) / "summary.json"
+        if summary.is_file():
+            timings[key] = load_yaml(summary).get(field)
+    return timings
 
 
 def stages(cfg: dict) -> list[str]:
