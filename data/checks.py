@@ -1,6 +1,7 @@
 """A task as a whole, checked before any image is decoded: its four lists read, labels in range, at
 least two classes, every class with a training example, val200 apart from train800, and
-train800val200 their union; then, for the checker, every image decoded.
+train800val200 their union (VTAB-1k; a few-shot list is both training splits); then, for the
+checker, every image decoded; for a VTAB-1k copy, also the published sizes (`published_problems`).
 
 `read_task` collects every problem (`python -m data` reports them all); `check_task_lists` is what
 the stages call: the first problem is an error, else the lists, their class count and fingerprint.
@@ -17,8 +18,9 @@ from tqdm import tqdm
 from glora.errors import UserError
 
 from .cache import default_workers
-from .lists import LAYOUT_HINT, SPLITS, Entry, read_list, task_dir
-from .registry import get_task
+from .layout import VTAB, Layout
+from .lists import SPLITS, Entry, read_list, task_dir
+from .registry import get_task, lookup
 from .transforms import decode_image
 from .vtab import label_problems, resolve_num_classes
 
@@ -35,6 +37,9 @@ class TaskLists:
     source: str = ""  # where the class count comes from
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth a line, not wrong
+    files: dict = field(default_factory=dict)  # split -> the list file it was read from
+    layout: Layout = field(default_factory=Layout)
+    missing_classes: list[int] = field(default_factory=list)  # classes with no example in train800val200
 
     def fingerprint(self) -> str:
         """A digest of every list's image paths and labels: what the task's data is."""
@@ -46,39 +51,47 @@ class TaskLists:
         return h.hexdigest()
 
 
-def read_task(root, task: str, num_classes: int | None = None) -> TaskLists:
-    """Read the four lists of `<root>/<task>` and apply every rule that needs no image.
+def read_task(root, task: str, num_classes: int | None = None, layout: Layout | None = None) -> TaskLists:
+    """Read the four lists of `<root>/<task>` (which files: `layout`, default VTAB-1k) and apply
+    every rule that needs no image.
 
     A missing data root or task folder raises at once (nothing else can be checked).
     """
-    folder = task_dir(root, task)
+    layout = layout or Layout()
+    folder = task_dir(root, task, layout)
     lists = TaskLists(task, {})
+    lists.layout = layout
+    read: dict = {}  # a few-shot list is both training splits: read once
     for split in SPLITS:
-        path = folder / f"{split}.txt"
-        if not path.is_file():
-            lists.problems.append(f"list file {path} does not exist: {LAYOUT_HINT}")
+        found = layout.list_file(folder, split)
+        if found is None:
+            lists.problems.append(f"list file {layout.expected(folder, split)} does not exist: {layout.hint}")
+            continue
+        lists.files[split] = found.path
+        if found.path in read:
+            lists.entries[split] = read[found.path]
             continue
         try:
-            lists.entries[split] = read_list(path, root, lists.problems)
+            lists.entries[split] = read[found.path] = read_list(found, root, lists.problems)
         except UserError as e:  # not UTF-8
             lists.problems.append(str(e))
     if lists.problems:  # the class count and the rules below need every list read whole
         return lists
     try:
-        lists.num_classes, lists.source = resolve_num_classes(root, task, num_classes)
+        lists.num_classes, lists.source = resolve_num_classes(root, task, num_classes, layout)
     except UserError as e:
         lists.problems.append(str(e))
         return lists
-    for entries in lists.entries.values():
+    for path, entries in read.items():
         lists.problems += label_problems(entries, lists.num_classes, lists.source)
-    _check_classes(lists, folder / "train800val200.txt")
-    _check_splits(lists, folder)
+    _check_classes(lists, lists.files["train800val200"], lookup(task, layout.benchmark) is not None)
+    _check_splits(lists, folder, layout)
     return lists
 
 
-def check_task_lists(root, task: str, num_classes: int | None = None) -> TaskLists:
+def check_task_lists(root, task: str, num_classes: int | None = None, layout: Layout | None = None) -> TaskLists:
     """`read_task`, with its first problem raised as a UserError (naming how many more there are)."""
-    lists = read_task(root, task, num_classes)
+    lists = read_task(root, task, num_classes, layout)
     if lists.problems:
         more = len(lists.problems) - 1
         raise UserError(lists.problems[0] + (f" ({more} more problem{'s' * (more > 1)}: "
@@ -87,29 +100,37 @@ def check_task_lists(root, task: str, num_classes: int | None = None) -> TaskLis
     return lists
 
 
-def _check_classes(lists: TaskLists, union_path) -> None:
+def _check_classes(lists: TaskLists, union_path, registered: bool) -> None:
     k, source = lists.num_classes, lists.source
     if k < 2:
         lists.problems.append(f"task {lists.task} has {k} class ({source}): classification needs at least "
                               "two; check the labels or set data.num_classes")
         return
     seen = {e.label for e in lists.entries["train800val200"]}
-    empty = [c for c in range(k) if c not in seen]
+    empty = lists.missing_classes = [c for c in range(k) if c not in seen]
     if not empty:
         return
-    if get_task(lists.task) is not None:  # VTAB-1k's own 1,000 samples may miss a class of a large task
-        lists.notes.append(f"train800val200: {len(empty)} of {k} classes have no example ({_few(empty)})")
+    if registered:  # VTAB-1k's own 1,000 samples may miss a class of a large task
+        lists.notes.append(f"{union_path.name.removesuffix('.txt')}: {len(empty)} of {k} classes have no example ({_few(empty)})")
     else:
         lists.problems.append(f"{union_path}: classes {_few(empty)} have no training example ({k} classes, "
                               f"{source}): fix the label that adds a class, or set data.num_classes")
 
 
-def _check_splits(lists: TaskLists, folder) -> None:
+def _check_splits(lists: TaskLists, folder, layout: Layout) -> None:
     def items(split):
         return Counter((os.path.normpath(e.rel), e.label) for e in lists.entries[split])
 
     train, val, union = items("train800"), items("val200"), items("train800val200")
     both = sorted({p for p, _ in train} & {p for p, _ in val})
+    if layout.benchmark != VTAB:  # the K-shot list is both training splits; its val list is the release's
+        if both:
+            lists.notes.append(f"{lists.files['val200'].name}: {len(both)} image(s) also in the training list "
+                               f"({_few(both)}): the search then selects partly on training images")
+        if lists.files["val200"] == lists.files["test"]:
+            lists.notes.append(f"{lists.files['test'].name} is both the selection and the test list: its accuracy "
+                               "is test-selected; add a held-out selection list (see README, domain generalization)")
+        return
     if both:
         lists.problems.append(f"{folder / 'val200.txt'}: {len(both)} image(s) also in train800.txt "
                               f"({_few(both)}): validation must be apart from training; fix the lists")
@@ -118,6 +139,30 @@ def _check_splits(lists: TaskLists, folder) -> None:
         lists.problems.append(
             f"{folder / 'train800val200.txt'} is not train800 + val200: it lacks {len(lacking)} of their "
             f"lines ({_few(lacking)}) and has {len(extra)} others ({_few(extra)}); write it as the two lists joined")
+
+
+PUBLISHED_LINES = {"train800": 800, "val200": 200, "train800val200": 1000}
+
+
+def published_problems(lists: TaskLists) -> list[str]:
+    """What a VTAB-1k copy breaks of the published release, beyond `read_task`'s rules: train800,
+    val200 and train800val200 hold 800, 200 and 1,000 lines, test the published count of its task
+    (data/registry.py), and train800val200 holds every class, but for a task whose published
+    lists cannot be expected to (SUN397)."""
+    task = get_task(lists.task)
+    if task is None:
+        return []
+    problems = []
+    want = {**PUBLISHED_LINES, "test": task.test_size}
+    for split, n in want.items():
+        got = len(lists.entries.get(split, ()))
+        if split in lists.entries and n is not None and got != n:
+            problems.append(f"{lists.files[split]}: {got} lines where the published {lists.task} {split} list has "
+                            f"{n}: the copy is truncated or altered; prepare the task again")
+    if lists.missing_classes and task.covers_classes:
+        problems.append(f"{lists.files['train800val200']}: classes {_few(lists.missing_classes)} have no example, "
+                        f"but the published {lists.task} lists hold all {task.num_classes}: prepare the task again")
+    return problems
 
 
 def image_problems(entries: list[Entry], img_size: int = 224, interpolation: str = "bicubic",

@@ -1,4 +1,6 @@
-"""The VTAB-1k folder layout (`<root>/<task>/<split>.txt` plus images) and its list files."""
+"""A task's folder and its list files (`relative/path label` per line); data/layout.py says which
+file each split is in (the VTAB-1k layout `<root>/<task>/<split>.txt`, NOAH's few-shot and
+domain-generalization layouts)."""
 
 import os
 import re
@@ -9,11 +11,10 @@ from typing import Iterable
 from glora.errors import UserError
 from glora.io import write_bytes
 
+from .layout import SPLITS, Layout, ListFile
 
-SPLITS = ("train800", "val200", "train800val200", "test")
-LAYOUT_HINT = ("prepare each task as <root>/<task>/{train800,val200,train800val200,test}.txt plus "
-               "images, the VTAB-1k layout of the NOAH/GLoRA releases (`python -m data build-demo "
-               "--root <root>` writes an example)")
+LAYOUT_HINT = Layout().hint
+_PROBE = 20  # entries whose images decide which candidate folder a list's paths are relative to
 _LABEL = re.compile(r"[+-]?[0-9]+")
 
 
@@ -27,37 +28,47 @@ class Entry:
     where: str  # "list_file:line", for error messages
 
 
-def task_dir(root, task: str) -> Path:
+def task_dir(root, task: str, layout: Layout | None = None) -> Path:
     """`<root>/<task>`, checked to exist."""
+    hint = (layout or Layout()).hint
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist: set data.root to the folder holding the "
-                        f"task folders; {LAYOUT_HINT}")
+                        f"task folders; {hint}")
     folder = root / task
     if not folder.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         shown = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") or "none"
-        raise UserError(f"task folder {folder} does not exist (tasks under {root}: {shown}): {LAYOUT_HINT}")
+        raise UserError(f"task folder {folder} does not exist (tasks under {root}: {shown}): {hint}")
     return folder
 
 
-def list_path(root, task: str, split: str) -> Path:
-    """`<root>/<task>/<split>.txt`, checked to exist."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    path = task_dir(root, task) / f"{split}.txt"
-    if not path.is_file():
-        raise UserError(f"list file {path} does not exist: {LAYOUT_HINT}")
-    return path
+def list_file(root, task: str, split: str, layout: Layout | None = None) -> ListFile:
+    """The list file of a split of `<root>/<task>` in `layout` (default VTAB-1k), checked to exist."""
+    layout = layout or Layout()
+    folder = task_dir(root, task, layout)
+    found = layout.list_file(folder, split)
+    if found is None:
+        raise UserError(f"list file {layout.expected(folder, split)} does not exist: {layout.hint}")
+    return found
 
 
-def read_list(path, root=None, problems: list[str] | None = None) -> list[Entry]:
+def list_path(root, task: str, split: str, layout: Layout | None = None) -> Path:
+    """The path of a split's list file, checked to exist (`<root>/<task>/<split>.txt` for VTAB-1k)."""
+    return list_file(root, task, split, layout).path
+
+
+def read_list(path, root=None, problems: list[str] | None = None, bases=None) -> list[Entry]:
     """Parse a list file: one `relative/path label` per line, split on the last whitespace.
 
+    Paths are relative to the list's folder, or to the first of `bases` that holds the first images
+    of the list (NOAH's lists sit in `annotations/`, their images in `images/` or beside it).
     A UTF-8 byte-order mark is dropped. Every path must stay inside the data `root` (default: the
     folder above the task folder, `<root>/<task>/<split>.txt`). A bad line raises a UserError; with
     a `problems` list, each bad line is appended there instead and skipped.
     """
+    if isinstance(path, ListFile):
+        path, bases = path.path, path.bases
     path = Path(path)
     root = Path(os.path.normpath(path.parent.parent if root is None else Path(root).expanduser()))
     try:
@@ -67,9 +78,10 @@ def read_list(path, root=None, problems: list[str] | None = None) -> list[Entry]
     except UnicodeDecodeError:
         raise UserError(f"list file {path} is not UTF-8 text: {LAYOUT_HINT}") from None
     entries, bad = [], []
+    base = _base(path, text, bases)
     for lineno, line in enumerate(text.splitlines(), start=1):
         try:
-            entry = _parse_line(path, lineno, line, root)
+            entry = _parse_line(path, lineno, line, root, base)
         except UserError as e:
             if problems is None:
                 raise
@@ -86,7 +98,21 @@ def read_list(path, root=None, problems: list[str] | None = None) -> list[Entry]
     return entries
 
 
-def _parse_line(path: Path, lineno: int, line: str, root: Path) -> Entry | None:
+def _base(path: Path, text: str, bases) -> Path:
+    """The folder the list's paths are relative to: of `bases`, the one that holds most of its first
+    images (ties: the earlier); the list's own folder without `bases`."""
+    if not bases:
+        return path.parent
+    bases = [Path(b) for b in bases]
+    if len(bases) == 1:
+        return bases[0]
+    rels = [f[0] for f in (line.strip().rsplit(None, 1) for line in text.splitlines()[:_PROBE * 2]) if len(f) == 2]
+    rels = [r for r in rels if not Path(r).is_absolute()][:_PROBE]
+    found = [sum((b / r).is_file() for r in rels) for b in bases]
+    return bases[found.index(max(found))]
+
+
+def _parse_line(path: Path, lineno: int, line: str, root: Path, base: Path | None = None) -> Entry | None:
     fields = line.strip().rsplit(None, 1)
     if not fields:
         return None
@@ -94,7 +120,7 @@ def _parse_line(path: Path, lineno: int, line: str, root: Path) -> Entry | None:
         raise UserError(f"{path}:{lineno}: malformed line {line!r}: expected "
                         f"'<relative/image/path> <integer label>'")
     rel, label = fields
-    image = path.parent / rel
+    image = (path.parent if base is None else base) / rel
     if Path(rel).is_absolute() or not Path(os.path.normpath(image)).is_relative_to(root):
         raise UserError(f"{path}:{lineno}: image path {rel!r} leaves the data root {root}: "
                         f"give paths relative to the task folder, inside the data root")

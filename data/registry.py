@@ -111,6 +111,14 @@ def get_task(name: str) -> Task | None:
     return TASKS.get(name)
 
 
+REGISTRIES: MappingProxyType = MappingProxyType({"vtab": TASKS, "fewshot": FEWSHOT_TASKS, "dg": DG_TASKS})
+
+
+def lookup(name: str, benchmark: str = "vtab") -> Task | None:
+    """The registry entry of a task of `benchmark` (vtab, fewshot, dg), or None for one of the user's own."""
+    return REGISTRIES[benchmark].get(name)
+
+
 def published(benchmark: str, task: str, shots: int | None) -> Published | None:
     """The published GLoRA figure for (benchmark, task, shots), if there is one."""
     return next((p for p in PUBLISHED if (p.benchmark, p.task, p.shots) == (benchmark, task, shots)), None)

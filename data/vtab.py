@@ -11,14 +11,19 @@ from torch.utils.data import Dataset
 from glora.errors import UserError
 
 from .cache import CachedImages, cached_images, decode_split
-from .lists import Entry, list_path, read_list, task_dir
+from .layout import Layout
+from .lists import Entry, list_file, read_list, task_dir
 from .loader import BatchLoader
-from .registry import get_task
+from .registry import lookup
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, check_img_size, decode_image, normalize, resample_mode
 
 # The list whose labels define a task of the user's own when num_classes is not given.
 _DERIVE_FROM = ("train800val200", "train800")
-_FROM_REGISTRY = "from the VTAB-1k registry"
+_REGISTRY_NAMES = {"vtab": "VTAB-1k", "fewshot": "few-shot FGVC", "dg": "domain-generalization"}
+
+
+def _from_registry(layout: Layout) -> str:
+    return f"from the {_REGISTRY_NAMES[layout.benchmark]} registry"
 
 
 @dataclass
@@ -55,33 +60,35 @@ class SplitData:
         return loader.to(device) if self.nbytes <= resident_mb * 1e6 else loader
 
 
-def resolve_num_classes(root, task: str, num_classes: int | None = None) -> tuple[int, str]:
+def resolve_num_classes(root, task: str, num_classes: int | None = None,
+                        layout: Layout | None = None) -> tuple[int, str]:
     """The class count of a task and a note saying where it comes from (registry, given, derived)."""
+    layout = layout or Layout()
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}: "
                         f"fix data.num_classes")
-    known = get_task(task)
+    known = lookup(task, layout.benchmark)
     if known is not None:
         if num_classes is not None and num_classes != known.num_classes:
-            raise UserError(f"num_classes={num_classes} disagrees with the VTAB-1k registry, where "
-                            f"task {task} has {known.num_classes} classes: drop data.num_classes or "
+            raise UserError(f"num_classes={num_classes} disagrees with the {_REGISTRY_NAMES[layout.benchmark]} "
+                            f"registry, where task {task} has {known.num_classes} classes: drop data.num_classes or "
                             f"set it to {known.num_classes}")
-        return known.num_classes, _FROM_REGISTRY
+        return known.num_classes, _from_registry(layout)
     if num_classes is not None:
         return num_classes, "given"
-    folder = task_dir(root, task)
-    path = next((folder / f"{s}.txt" for s in _DERIVE_FROM if (folder / f"{s}.txt").is_file()), None)
-    if path is None:
-        list_path(root, task, _DERIVE_FROM[0])  # raises the missing-list error
-    entries = read_list(path)
+    folder = task_dir(root, task, layout)
+    found = next((f for f in (layout.list_file(folder, s) for s in _DERIVE_FROM) if f is not None), None)
+    if found is None:
+        list_file(root, task, _DERIVE_FROM[0], layout)  # raises the missing-list error
+    entries = read_list(found, root)
     derived = max(e.label for e in entries) + 1
-    return derived, f"derived as max label + 1 in {path.name}"  # a negative label fails where it is read
+    return derived, f"derived as max label + 1 in {found.path.name}"  # a negative label fails where it is read
 
 
 def label_problems(entries: list[Entry], num_classes: int, note: str) -> list[str]:
     """One message per entry whose label is outside [0, num_classes)."""
-    fix = "fix the label" if note == _FROM_REGISTRY else "fix the label or set data.num_classes"
+    fix = "fix the label" if note.endswith(" registry") else "fix the label or set data.num_classes"
     return [f"{e.where}: label {e.label} is outside [0, {num_classes}) ({num_classes} classes, {note}): {fix}"
             for e in entries if not 0 <= e.label < num_classes]
 
@@ -92,18 +99,19 @@ def _check_labels(entries: list[Entry], num_classes: int, note: str) -> None:
         raise UserError(bad[0])
 
 
-def task_num_classes(root, task: str, num_classes: int | None = None) -> int:
-    """The class count of `task`: the registry's for VTAB-1k tasks (a different `num_classes` is
+def task_num_classes(root, task: str, num_classes: int | None = None, layout: Layout | None = None) -> int:
+    """The class count of `task`: the registry's for registered tasks (a different `num_classes` is
     an error); for a task of the user's own, `num_classes` or else max label + 1 of its
-    train800val200.txt (or train800.txt)."""
-    return resolve_num_classes(root, task, num_classes)[0]
+    train800val200 list (or train800)."""
+    return resolve_num_classes(root, task, num_classes, layout)[0]
 
 
-def read_split(root, task: str, split: str, num_classes: int | None = None) -> tuple[list[Entry], int]:
+def read_split(root, task: str, split: str, num_classes: int | None = None,
+               layout: Layout | None = None) -> tuple[list[Entry], int]:
     """The entries of a split, every label checked against the task's class count, and that count."""
-    path = list_path(root, task, split)
-    k, note = resolve_num_classes(root, task, num_classes)
-    entries = read_list(path)
+    found = list_file(root, task, split, layout)
+    k, note = resolve_num_classes(root, task, num_classes, layout)
+    entries = read_list(found, root)
     _check_labels(entries, k, note)
     return entries, k
 
@@ -119,8 +127,10 @@ def load_split(
         cache: bool = True,
         cache_dir=None,
         workers: int | None = None,
+        layout: Layout | None = None,
 ) -> SplitData:
-    """Load a split of `<root>/<task>` decoded and resized to uint8, through the decode-once cache.
+    """Load a split of `<root>/<task>` decoded and resized to uint8, through the decode-once cache
+    (`layout`: which list file holds the split; default VTAB-1k's `<split>.txt`).
 
     `cache_dir` defaults to `<root>/<task>/.cache/`; `cache=False` decodes without reading or
     writing it. Under torchrun, let one rank build the cache first (then barrier), or every rank
@@ -128,12 +138,13 @@ def load_split(
     """
     check_img_size(img_size)
     resample_mode(interpolation)
-    entries, k = read_split(root, task, split, num_classes)
+    entries, k = read_split(root, task, split, num_classes, layout)
     labels = torch.tensor([e.label for e in entries], dtype=torch.int64)
     desc = f"decode {task}/{split}"
     if cache:
         cache_dir = Path(cache_dir) if cache_dir is not None else task_dir(root, task) / ".cache"
-        images = cached_images(entries, labels, cache_dir, split=split, img_size=img_size,
+        name = list_file(root, task, split, layout).cache_name
+        images = cached_images(entries, labels, cache_dir, split=name, img_size=img_size,
                                interpolation=interpolation, workers=workers, desc=desc)
     else:
         images = decode_split(entries, img_size, interpolation, workers, desc)
