@@ -1,7 +1,9 @@
-"""Stage 1: train the GLoRA supernet on train800, one random subnet per forward pass."""
+"""Stage 1: train the GLoRA supernet on train800 (train800val200 under protocol release-2023), one
+random subnet per forward pass."""
 import random
 import time
 
+from engine import protocol
 from engine.experiment import build_model, eval_loader, load_data, train_loader
 from engine.loops import evaluate
 from engine.run import Stage, cli, log
@@ -15,8 +17,8 @@ from glora.model import count_params
 def main(args):
     stage = Stage("supernet", args, uses=("train",))
     cfg, device = stage.cfg, stage.device
-    train = load_data(cfg, "train800")
-    val = eval_loader(cfg, load_data(cfg, "val200"), device)
+    train = load_data(cfg, protocol.split(cfg, "supernet"))
+    val = eval_loader(cfg, load_data(cfg, protocol.split(cfg, "supernet_val")), device)
     sampler = random.Random(cfg["seed"])  # every sampled subnet comes from here
     model = build_model(cfg, train.num_classes, sampler).to(device)
     log.info("trainable parameters: %d (head %d)", count_params(model, trainable_only=True), head_params(model))
@@ -47,6 +49,7 @@ def main(args):
         "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
         "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
         "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
+        "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg),
     })
     log.info("supernet written to %s", path)
     stage.close()

@@ -97,13 +97,18 @@ class Layout:
         """The list a missing split should be written to (its first candidate)."""
         return folder / self.candidates(split)[0][0]
 
-    def test_list(self, folder: Path) -> ListFile | None:
-        """An evaluation-only set's list (the domain-generalization targets: test_meta.list or val_meta.list)."""
-        for name in (_ANN + "test_meta.list", _ANN + "val_meta.list", "test.txt"):
-            if (folder / name).is_file():
-                return ListFile("test", folder / name, (folder, folder / "images", folder / "val"),
-                                Path(name).name.replace(".", "_"))
-        return None
+
+TEST_SET_LISTS = (_ANN + "test_meta.list", _ANN + "val_meta.list", "test.txt")
+
+
+def test_set_list(folder: Path) -> ListFile | None:
+    """The list of an evaluation-only set (a domain-generalization target such as imagenetv2):
+    the first of annotations/test_meta.list, annotations/val_meta.list, test.txt that exists."""
+    for name in TEST_SET_LISTS:
+        if (folder / name).is_file():
+            return ListFile("test", folder / name, (folder, folder / "images", folder / "val"),
+                            Path(name).name.replace(".", "_"))
+    return None
 
 
 def layout_of(data_cfg: dict) -> Layout:

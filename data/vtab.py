@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from glora.errors import UserError
 
 from .cache import CachedImages, cached_images, decode_split
-from .layout import Layout
+from .layout import TEST_SET_LISTS, Layout, test_set_list
 from .lists import Entry, list_file, read_list, task_dir
 from .loader import BatchLoader
 from .registry import lookup
@@ -149,6 +149,34 @@ def load_split(
     else:
         images = decode_split(entries, img_size, interpolation, workers, desc)
     return SplitData(images, labels, k, task, split)
+
+
+def read_test_set(root, task: str, num_classes: int) -> tuple[list[Entry], Path]:
+    """The entries of an evaluation-only set `<root>/<task>` (a domain-generalization target),
+    labels checked against the class count of the model that is tested on it, and its list file."""
+    folder = task_dir(root, task)
+    found = test_set_list(folder)
+    if found is None:
+        raise UserError(f"test set {task}: none of {', '.join(TEST_SET_LISTS)} in {folder}: write its list there "
+                        "(NOAH's layout: annotations/val_meta.list), or drop it from data.test_sets")
+    entries = read_list(found, root)
+    _check_labels(entries, num_classes, "those of the trained task")
+    return entries, found.path
+
+
+def load_test_set(root, task: str, num_classes: int, *, img_size: int = 224, interpolation: str = "bicubic",
+                  cache: bool = True, cache_dir=None, workers: int | None = None) -> SplitData:
+    """An evaluation-only set decoded like `load_split` (its own cache, `<root>/<task>/.cache/`)."""
+    entries, path = read_test_set(root, task, num_classes)
+    labels = torch.tensor([e.label for e in entries], dtype=torch.int64)
+    desc = f"decode {task}/test"
+    if cache:
+        cache_dir = Path(cache_dir) / task if cache_dir is not None else task_dir(root, task) / ".cache"
+        images = cached_images(entries, labels, cache_dir, split=path.name.replace(".", "_"), img_size=img_size,
+                               interpolation=interpolation, workers=workers, desc=desc)
+    else:
+        images = decode_split(entries, img_size, interpolation, workers, desc)
+    return SplitData(images, labels, num_classes, task, "test")
 
 
 class VTABDataset(Dataset):

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from data import load_split
+from data.vtab import load_test_set
+from data.layout import Layout, layout_of
 from data.vtab import SplitData
 
 from glora.errors import UserError
@@ -38,17 +40,37 @@ def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = Non
     return model
 
 
+def layout(cfg: dict) -> Layout:
+    """Which list file each split of the task is (data.benchmark; the K-shot list of data.shots and
+    data.shot_seed, which follows the run's seed when null)."""
+    d = cfg["data"]
+    return layout_of({**d, "shot_seed": cfg["seed"] if d["shot_seed"] is None else d["shot_seed"]})
+
+
 def load_data(cfg: dict, split: str) -> SplitData:
+    """A split of the run's task, through the decode cache."""
     d = cfg["data"]
     if not d["task"]:
         raise UserError("data.task is not set: use a task config (configs/vtab/<task>.yaml) or --set data.task=NAME")
 
     def load():
         return load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
-                          interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"])
+                          interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"],
+                          layout=layout(cfg))
 
     # Under torchrun rank 0 decodes the split into the cache first; then the others read it.
     return distributed.rank0_first(load) if d["cache"] else load()
+
+
+def load_test_sets(cfg: dict, num_classes: int) -> dict[str, SplitData]:
+    """data.test_sets: the further sets the retrained model is tested on (domain-generalization targets)."""
+    d = cfg["data"]
+
+    def load(task):
+        return lambda: load_test_set(d["root"], task, num_classes, img_size=d["img_size"], interpolation=d["interpolation"],
+                                     cache=d["cache"], cache_dir=d["cache_dir"])
+
+    return {t: distributed.rank0_first(load(t)) if d["cache"] else load(t)() for t in d["test_sets"]}
 
 
 def train_loader(cfg: dict, split: SplitData, device: torch.device):

@@ -22,12 +22,17 @@ from .config import flatten
 
 RECORD = "run.yaml"
 # The config every stage's result depends on; each stage adds its own sections (see Stage).
-COMMON = ("seed", "device", "model", "data", "glora")
+COMMON = ("seed", "device", "protocol", "model", "data", "glora")
 # What --resume lets change: where the data and its cache live, how often the supernet is validated.
 RESUME_FREE = ("data.root", "data.cache", "data.cache_dir", "train.eval_every")
 # What an upstream file and the stage that reads it must share: the backbone (model.*), the space
 # (glora.*), the task and its preprocessing; with the data itself (class count, lists digest).
-EXPERIMENT = ("model", "glora", "data.task", "data.img_size", "data.interpolation", "data.mean", "data.std")
+# The protocol too: a release-2023 supernet has trained on val200, which an honest search scores on.
+EXPERIMENT = ("protocol", "model", "glora", "data.task", "data.benchmark", "data.shots", "data.img_size",
+              "data.interpolation", "data.mean", "data.std")
+# Keys that records and files written before they existed lack: read as their value then.
+_BEFORE = {"protocol": "honest", "data.benchmark": "vtab", "data.shots": None, "data.shot_seed": None,
+           "data.test_sets": []}
 _DATA = {"num_classes": "data: class count", "fingerprint": "data: the task's list files (digest)"}
 
 
@@ -42,7 +47,7 @@ def _under(key: str, prefixes: Iterable[str]) -> bool:
 
 def _identity(cfg: dict, data: dict, keys: Iterable[str], free: Iterable[str] = ()) -> dict:
     """The flat config keys under `keys` but not `free`, with the data's class count and lists digest."""
-    flat = {k: v for k, v in flatten(cfg).items() if _under(k, keys) and not _under(k, free)}
+    flat = {k: v for k, v in {**_BEFORE, **flatten(cfg)}.items() if _under(k, keys) and not _under(k, free)}
     return {**flat, **{_DATA[k]: data.get(k) for k in _DATA}}
 
 
@@ -84,7 +89,8 @@ def check_lineage(path: Path, theirs: Optional[dict], cfg: dict, data: dict) -> 
         raise UserError(f"{path}: it says nothing of how it was made (written by hand or by an older version); "
                         "make it again with this config")
     ours = _identity(cfg, data, EXPERIMENT)
-    diffs = differences({**theirs["experiment"], **{_DATA[k]: theirs["data"].get(k) for k in _DATA}}, ours)
+    before = {k: v for k, v in _BEFORE.items() if k in ours}
+    diffs = differences({**before, **theirs["experiment"], **{_DATA[k]: theirs["data"].get(k) for k in _DATA}}, ours)
     if diffs:
         raise UserError(f"{path} was made for another experiment: {'; '.join(diffs)} (there → here); "
                         f"run its stage ({theirs.get('stage')}) again with this config, or use the config it was made with")

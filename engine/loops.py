@@ -17,9 +17,10 @@ __all__ = ["autocast", "count_correct", "evaluate", "percent", "train_step"]
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-             amp: bool = True) -> float:
-    """Top-1 accuracy in percent over (images, labels) batches; the model is put in eval mode."""
-    return percent(*count_correct(model, batches, device, amp))
+             amp: bool = True, classes: Tensor | None = None) -> float:
+    """Top-1 accuracy in percent over (images, labels) batches; the model is put in eval mode.
+    `classes`: restrict the prediction to these classes' logits."""
+    return percent(*count_correct(model, batches, device, amp, classes=classes))
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,

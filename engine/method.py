@@ -21,6 +21,8 @@ from glora.space import TENSORS, SearchSpace
 from glora.subnet import load_subnet
 from search.evolution import CandidateSpace
 
+from . import protocol
+
 SUBNETS = ("searched", "uniform", "random")  # or the path of a subnet YAML
 BACKBONES = ("frozen", "bias", "all")
 INITS = ("supernet", "scratch")
@@ -46,6 +48,7 @@ def check(cfg: dict) -> None:
     if subnet != "uniform" and r["uniform"] is not None:
         raise UserError(f"retrain.uniform is set but retrain.subnet={subnet!r} does not use it: "
                         "set retrain.subnet=uniform, or retrain.uniform=null")
+    protocol.check(cfg)
 
 
 def uniform_config(cfg: dict) -> dict:

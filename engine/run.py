@@ -22,6 +22,7 @@ from glora.io import file_sha256, load_yaml, save_yaml, tuples
 
 from . import distributed, identity, method
 from .config import load_config, save_config
+from .experiment import layout as experiment_layout
 from .folder import StageFolder, os_error_message
 from .status import OK, STOPPED, USER_ERROR
 from .stop import StopSignals, Stopped
@@ -114,7 +115,7 @@ class Stage:
         self._setup_logging()
         seed_everything(self.cfg["seed"])  # the same on every rank: the same model, subnets and batches
         d = self.cfg["data"]
-        lists = check_task_lists(d["root"], d["task"], d["num_classes"])  # reads the lists, decodes nothing
+        lists = check_task_lists(d["root"], d["task"], d["num_classes"], experiment_layout(self.cfg))  # decodes nothing
         self.data = {"num_classes": lists.num_classes, "fingerprint": lists.fingerprint()}
         for note in lists.notes:
             log.info("note: %s", note)

@@ -9,7 +9,10 @@ from typing import Any, Callable
 from data.transforms import INTERPOLATIONS
 from glora.errors import UserError
 
+from data.layout import BENCHMARKS
+
 from .method import BACKBONES, INITS
+from .protocol import PROTOCOLS
 
 Rule = tuple[Callable[[Any], bool], str]  # (accepts the value?, what a good value is)
 
@@ -60,10 +63,10 @@ TASK: Rule = (lambda v: isinstance(v, str) and v not in ("", ".", "..") and not 
               "configs/vtab/dtd.yaml) or --set data.task=NAME")
 
 
-def schedule(section: str) -> dict[str, Rule]:
+def schedule(section: str, min_epochs: int = 1) -> dict[str, Rule]:
     """The keys of a fine-tuning stage (train, retrain): epochs, AdamW and its cosine schedule, checkpoints."""
     return {
-        f"{section}.epochs": integer(1), f"{section}.lr": number(above=True),
+        f"{section}.epochs": integer(min_epochs), f"{section}.lr": number(above=True),
         f"{section}.weight_decay": number(), f"{section}.warmup_epochs": integer(0),
         f"{section}.warmup_lr": number(), f"{section}.min_lr": number(), f"{section}.ckpt_every": integer(1),
     }
@@ -72,6 +75,7 @@ def schedule(section: str) -> dict[str, Rule]:
 RULES: dict[str, Rule] = {
     "data.task": TASK,  # first: with no task there is no experiment (and output has no default)
     "method": TEXT,
+    "protocol": one_of(*PROTOCOLS),
     "supernet": optional(TEXT),
     "seed": integer(0, 2**63 - 1),
     "output": TEXT,
@@ -80,6 +84,11 @@ RULES: dict[str, Rule] = {
     "model.pretrained": (lambda v: v is None or isinstance(v, (bool, str)), "false, a timm tag or a weights file path"),
     "model.kwargs": (lambda v: v is None or isinstance(v, dict), "a mapping of timm.create_model keyword arguments"),
     "data.root": TEXT,
+    "data.benchmark": one_of(*BENCHMARKS),
+    "data.shots": optional(integer(1)),
+    "data.shot_seed": optional(integer(0)),
+    "data.test_sets": (lambda v: isinstance(v, list) and all(TASK[0](t) for t in v),
+                       "a list of task folder names under data.root (e.g. [imagenetv2, imagenet-sketch])"),
     "data.num_classes": optional(integer(2)),
     "data.img_size": integer(1),
     "data.interpolation": one_of(*INTERPOLATIONS),
@@ -108,7 +117,7 @@ RULES: dict[str, Rule] = {
     "search.budget": BUDGET,
     "search.max_tries": integer(1),
     "search.early_stop": FLAG,
-    **schedule("retrain"),
+    **schedule("retrain", min_epochs=0),  # 0: evaluate the subnet with the supernet's weights
     "retrain.init": one_of(*INITS),
     "retrain.subnet": TEXT,  # searched, uniform, random or a subnet file (engine.method.check)
     "retrain.uniform": optional(MAPPING),

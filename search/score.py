@@ -27,15 +27,20 @@ def percent(correct: int, total: int) -> float:
 
 @torch.inference_mode()
 def count_correct(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,
-                  amp: bool = True, stop: Optional[Callable[[int, int], bool]] = None) -> tuple[int, int]:
+                  amp: bool = True, stop: Optional[Callable[[int, int], bool]] = None,
+                  classes: Optional[Tensor] = None) -> tuple[int, int]:
     """(correct, seen) top-1 over (images, labels) batches, the model in eval mode; `stop(correct,
-    seen)`, asked after each batch, may end the count early."""
+    seen)`, asked after each batch, may end the count early. With `classes` (label indices) the
+    prediction is the best of those logits alone (ImageNet-A and -R: the 200 classes they hold)."""
     model.eval()
     correct = seen = 0
+    if classes is not None:
+        classes = classes.to(device)
     for x, y in batches:
         with autocast(device, amp):
             logits = model(x.to(device, non_blocking=True))
-        correct += (logits.argmax(-1) == y.to(device)).sum().item()
+        pred = logits.argmax(-1) if classes is None else classes[logits[:, classes].argmax(-1)]
+        correct += (pred == y.to(device)).sum().item()
         seen += y.numel()
         del x, logits  # before the next batch is read: memory holds one batch, not two
         if stop is not None and stop(correct, seen):
