@@ -1,9 +1,18 @@
-"""Stage 3: retrain the chosen subnet on train800val200, test it, merge it into a plain timm ViT, export."""
+"""Stage 3: retrain the chosen subnet on train800val200, test it, merge it into a plain timm ViT, export.
+
+`retrain.epochs: 0` trains nothing: the subnet is tested with the supernet's weights (protocol
+release-2023 reports it so). `data.test_sets` tests the merged model on further sets too (domain
+generalization), each restricted to the classes it holds where the registry says so (ImageNet-A, -R)."""
 import copy
 import time
 
-from engine import method
-from engine.experiment import build_model, eval_loader, export_metadata, load_data, save_hub, train_loader
+import torch
+
+from data.registry import DG_TASKS
+from data.vtab import read_test_set
+from engine import method, protocol
+from engine.experiment import (build_model, eval_loader, export_metadata, load_data, load_test_sets, save_hub,
+                               train_loader)
 from engine.loops import evaluate
 from engine.run import Stage, cli, log
 from engine.trainer import Trainer
@@ -19,9 +28,13 @@ def main(args):
     stage = Stage("retrain", args, uses=("retrain", "train.amp"))
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
     method.check_upstream(stage)
+    for name in cfg["data"]["test_sets"]:  # their lists are checked before any work
+        read_test_set(cfg["data"]["root"], name, stage.data["num_classes"])
 
-    train = load_data(cfg, "train800val200")
-    test = eval_loader(cfg, load_data(cfg, "test"), device)  # streamed from its cache file if large
+    train = load_data(cfg, protocol.split(cfg, "retrain"))
+    test_split = load_data(cfg, "test")
+    test = eval_loader(cfg, test_split, device)  # streamed from its cache file if large
+    test_sets = load_test_sets(cfg, train.num_classes)
     model = build_model(cfg, train.num_classes)
     subnet, meta = method.retrain_subnet(cfg, model)
     if r["init"] == "supernet":
@@ -41,8 +54,9 @@ def main(args):
     trainer = Trainer(stage, model, train_loader(cfg, train, device), "retrain", amp=cfg["train"]["amp"])
     trainer.start()
     trainer.fit()
-    # Honest protocol: the test accuracy of the final epoch, evaluated once. Both evaluations run
-    # in float32 so that merged and unmerged agree (bf16 rounds the two forms differently).
+    # The test accuracy of the final epoch (with epochs 0, of the supernet's weights), evaluated
+    # once. Both evaluations run in float32 so that merged and unmerged agree (bf16 rounds the
+    # two forms differently).
     start = time.perf_counter()
     test_acc = evaluate(model, test, device, amp=False)
     eval_seconds = time.perf_counter() - start
@@ -53,6 +67,8 @@ def main(args):
     # A subnet of none but `none` merges into the very same layers: no merge applies, nothing to test.
     test_acc_merged = evaluate(merged, test, device, amp=False) if adapter_params else None
     merged_eval_seconds = time.perf_counter() - start
+    shifted = test_on_sets(cfg, merged, test_sets, device, test_acc if test_acc_merged is None else test_acc_merged,
+                           len(test_split))
     save_adapters(model, stage.dir / "adapters.safetensors", extra={"lineage": stage.lineage()})
     save_subnet(stage.dir / "subnet.yaml", subnet, params=adapter_params, source=r["subnet"])
     path = export_merged(merged, stage.dir / "merged.safetensors",
@@ -70,12 +86,40 @@ def main(args):
         "trainable_params": count_params(model, trainable_only=True), "subnet": r["subnet"],
         "backbone": r["backbone"], "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
         "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
+        **protocol.describe(cfg), "benchmark": cfg["data"]["benchmark"], "shots": cfg["data"]["shots"],
+        "shot_seed": (cfg["seed"] if cfg["data"]["shot_seed"] is None else cfg["data"]["shot_seed"])
+        if cfg["data"]["benchmark"] != "vtab" else None,
     }
+    if "test_acc1" in meta:  # release-2023: the search scored this subnet on test
+        results["test_acc1_search"] = meta["test_acc1"]
+    if shifted:
+        results["test_sets"] = shifted
     save_json(stage.dir / "results.json", results)
     save_hub(cfg, merged, results)
-    log.info("test acc1 %.2f, merged %s, %d trainable params -> %s", test_acc,
-             "–" if test_acc_merged is None else f"{test_acc_merged:.2f}", results["trainable_params"], path)
+    log.info("test acc1 %.2f, merged %s, %d trainable params -> %s%s", test_acc,
+             "–" if test_acc_merged is None else f"{test_acc_merged:.2f}", results["trainable_params"], path,
+             " (protocol release-2023: test-selected)" if results["test_selected"] else "")
+    for name, row in shifted.items():
+        log.info("test set %s: acc1 %.2f over %d images (%s)", name, row["test_acc"], row["images"], row["classes"])
     stage.close()
+
+
+def test_on_sets(cfg: dict, merged, test_sets: dict, device, test_acc: float, test_images: int) -> dict:
+    """The merged model's accuracy on the task's own test and on every data.test_sets set; a set that
+    the registry marks (ImageNet-A, -R) is scored with the logits of the classes it holds alone."""
+    if not test_sets:
+        return {}
+    k = next(iter(test_sets.values())).num_classes  # the model's, which every set was checked against
+    rows = {cfg["data"]["task"]: {"test_acc": test_acc, "images": test_images, "classes": f"all {k}",
+                                  "restricted": False}}
+    for name, split in test_sets.items():
+        entry = DG_TASKS.get(name)
+        classes = torch.unique(split.labels) if entry is not None and entry.restrict else None
+        acc = evaluate(merged, eval_loader(cfg, split, device), device, amp=False, classes=classes)
+        rows[name] = {"test_acc": acc, "images": len(split), "restricted": classes is not None,
+                      "classes": (f"logits restricted to the {len(classes)} classes present" if classes is not None
+                                  else f"all {split.num_classes}")}
+    return rows
 
 
 if __name__ == "__main__":

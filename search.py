@@ -1,4 +1,5 @@
-"""Stage 2: evolutionary search on val200 for the best subnet within the parameter budget.
+"""Stage 2: evolutionary search on val200 (test under protocol release-2023: test-selected) for the
+best subnet within the parameter budget.
 
 Under torchrun every rank scores its share of each generation and rank 0 writes every file."""
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine import distributed, method
+from engine import distributed, method, protocol
 from engine.checkpoint import latest_state, save_checkpoint
 from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
@@ -23,7 +24,11 @@ def main(args):
     stage = Stage("search", args, uses=("search", "train.amp"))
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
     supernet_file = stage.upstream(method.supernet_rel(cfg), "no trained supernet; run train.py with this config first")
-    val = load_data(cfg, "val200")
+    scored_on = protocol.split(cfg, "search")
+    if scored_on == "test":
+        log.warning("protocol %s: every candidate is scored on the test split; the accuracy this search selects "
+                    "is test-selected", cfg["protocol"])
+    val = load_data(cfg, scored_on)
     model = build_model(cfg, val.num_classes).to(device)
     load_adapters(model, supernet_file)
     model.eval()
@@ -69,20 +74,23 @@ def main(args):
         return stage.close()
 
     best = evo.best()
+    acc_key = "test_acc1" if scored_on == "test" else "val_acc1"
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
-                       val_acc1=best.acc1, generation=best.generation, budget=list(s["budget"]),
+                       **{acc_key: best.acc1}, scored_on=scored_on, protocol=cfg["protocol"],
+                       generation=best.generation, budget=list(s["budget"]),
                        ranks=list(cfg["glora"]["ranks"]), lineage=stage.lineage())
     records = evo.records.values()
     # the figure plots accuracies: a candidate stopped early has only a bound
     draw_search(stage.dir, [vars(r) for r in records if not r.pruned], vars(best), s["budget"], space.subnet(best.key),
                 stage.writer, evo.generation)
     save_json(stage.dir / "summary.json", {
-        "best_val_acc1": best.acc1, "best_params": best.params, "candidates_scored": len(records),
+        f"best_{acc_key}": best.acc1, "scored_on": scored_on, **protocol.describe(cfg), "best_params": best.params, "candidates_scored": len(records),
         "candidates_pruned": sum(r.pruned for r in records), "images_forwarded": sum(r.images or 0 for r in records),
         "generations": evo.generation, "search_seconds": seconds, "processes": distributed.world_size(),
         "best_subnet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
     })
-    log.info("best subnet: val acc1 %.2f with %d adapter parameters -> %s", best.acc1, best.params, path)
+    log.info("best subnet: %s acc1 %.2f%s with %d adapter parameters -> %s", scored_on, best.acc1,
+             " (test-selected)" if scored_on == "test" else "", best.params, path)
     stage.close()
 
 

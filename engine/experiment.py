@@ -19,7 +19,7 @@ from glora.inject import inject_glora, mark_trainable
 from glora.model import create_model
 from glora.space import SearchSpace
 
-from . import distributed
+from . import distributed, protocol
 
 
 def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = None) -> nn.Module:
@@ -108,7 +108,6 @@ def save_hub(cfg: dict, merged: nn.Module, results: dict) -> Path:
         name=f"{cfg['model']['name']}.glora_{d['task']}", details={
             "Task": f"{d['task']} ({results['num_classes']} classes)",
             "Method": f"{cfg['method']} (subnet {r['subnet']}, backbone {r['backbone']}, init {r['init']})",
-            "Protocol": "supernet on train800, search on val200 (where the method has them), retrain on "
-                        "train800val200; test accuracy of the final epoch, evaluated once",
+            "Protocol": protocol.DESCRIPTIONS[cfg["protocol"]],
             "Test accuracy (%)": round(acc, 2), "Adapter parameters": results["adapter_params"],
             "Head parameters": results["head_params"]})

@@ -54,8 +54,9 @@ class Trainer:
             ids = [stage.device] if stage.device.type == "cuda" else None
             self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         self.optimizer = adamw(model, c["lr"], c["weight_decay"], stage.device)
+        # epochs: 0 (a retrain that only evaluates) runs no step; the schedule still needs a length.
         self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=self.epochs, lr_min=c["min_lr"],
+            self.optimizer, t_initial=max(self.epochs, 1), lr_min=c["min_lr"],
             warmup_t=c["warmup_epochs"], warmup_lr_init=c["warmup_lr"],
         )
         self.epoch = 0  # epochs completed
