@@ -8,7 +8,12 @@ std over its runs (seeds) and their number n; trainable (adapters, trained backb
 and head), adapter and head parameters (means).
 Per config: the mean of each VTAB-1k group (natural, specialized, structured), the mean of the
 VTAB tasks and the mean of the three group means; tasks of one's own (group `own`) are in neither.
-Writes results.md, results.csv (one row per task), results_groups.csv (the means) and two figures,
+Every table states its protocol (honest, or release-2023, whose accuracies are test-selected and
+labelled so on every row). Few-shot runs (<grid>/<dataset>/shot<K>/seed<S>/) get a row per (dataset,
+K), with GLoRA's published figure beside where there is one; domain-generalization runs a table of
+their test sets. A table of every run (seed) follows the means.
+Writes results.md, results.csv (one row per task), results_groups.csv (the means), results_runs.csv
+(one row per run) and two figures,
 accuracy per task per config (method) and accuracy against trainable parameters, into FOLDER
 (the figures also into TensorBoard under FOLDER/tb_summary).
 Usage: python scripts/summarize.py FOLDER
@@ -24,12 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.registry import GROUPS, TASKS, get_task  # noqa: E402
+from data.registry import GROUPS, TASKS, lookup, published  # noqa: E402
 from engine.figures import draw_summary  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 SEED_DIR = re.compile(r"seed\d+")
-LABELS = ("config", "task", "group", "run")
+SHOT_DIR = re.compile(r"shot\d+")
+LABELS = ("config", "task", "shots", "protocol", "group", "run", "seed")
+HONEST = "honest"
 PARAMS = ("trainable_params", "adapter_params", "head_params")  # shown as means; every other value is an accuracy
 ORDER = {name: i for i, name in enumerate(TASKS)}  # VTAB tasks in the registry's (the papers') order
 
@@ -40,12 +47,14 @@ def collect(folder: Path) -> list[dict]:
     for path in sorted(folder.glob("**/retrain/results.json")):
         r = json.loads(path.read_text())
         run = path.parent.parent
-        task = get_task(r["task"])
+        task = lookup(r["task"], r.get("benchmark") or "vtab")
         row = {
             "config": config_label(folder, run, r["task"]) or r.get("method", ""), "task": r["task"],
+            "shots": r.get("shots"), "protocol": r.get("protocol", HONEST),
             "group": task.group if task else "own", "test_acc": r["test_acc"], "test_acc_merged": r["test_acc_merged"],
             "trainable_params": r["trainable_params"], "adapter_params": r["adapter_params"],
-            "head_params": r["head_params"], "run": str(run),
+            "head_params": r["head_params"], "run": str(run), "seed": _seed(run),
+            "test_sets": r.get("test_sets") or {},
         }
         runs.append(row)
     return runs
@@ -56,9 +65,23 @@ def config_label(folder: Path, run: Path, task: str) -> str:
     parts = list(run.relative_to(folder).parts)
     if parts and SEED_DIR.fullmatch(parts[-1]):
         parts.pop()
+    if parts and SHOT_DIR.fullmatch(parts[-1]):
+        parts.pop()
     if parts and parts[-1] == task:
         parts.pop()
     return "/".join(parts)
+
+
+def _seed(run: Path) -> str:
+    """The run's seed from its folder (`seed<k>`), else from its config."""
+    if SEED_DIR.fullmatch(run.name):
+        return run.name[4:]
+    config = run / "retrain" / "config.yaml"
+    if config.is_file():
+        m = re.search(r"^seed: (\d+)", config.read_text(), re.M)
+        if m:
+            return m.group(1)
+    return ""
 
 
 def figure_rows(runs: list[dict]) -> list[dict]:
@@ -71,16 +94,35 @@ def aggregate(runs: list[dict]) -> list[dict]:
     """One row per (config, task): n runs, each accuracy's mean and sample std (None for n=1), mean params."""
     cells: dict[tuple, list[dict]] = {}
     for r in runs:
-        cells.setdefault((r["config"], r["task"]), []).append(r)
+        cells.setdefault((r["config"], r["task"], r["shots"] or 0, r["protocol"]), []).append(r)
     rows = []
-    for (config, task), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ORDER.get(kv[0][1], len(ORDER)), kv[0][1])):
-        row = {"config": config, "task": task, "group": rs[0]["group"], "n": len(rs)}
-        for key in (k for k in rs[0] if k not in LABELS):
+    for (config, task, shots, proto), rs in sorted(
+            cells.items(), key=lambda kv: (kv[0][0], ORDER.get(kv[0][1], len(ORDER)), kv[0][1], kv[0][2], kv[0][3])):
+        row = {"config": config, "task": task, "shots": shots or None, "protocol": proto, "group": rs[0]["group"],
+               "n": len(rs)}
+        for key in (k for k in rs[0] if k not in LABELS and k != "test_sets"):
             values = [r[key] for r in rs if r[key] is not None]
             row[key] = statistics.mean(values) if values else None
             if key not in PARAMS:  # an accuracy
                 row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        figure = published("fewshot", task, shots) if rs[0]["group"] == "fewshot" else None
+        row["published"] = figure.test_acc if figure else None
         rows.append(row)
+    return rows
+
+
+def test_set_rows(runs: list[dict]) -> list[dict]:
+    """Domain generalization: per (config, trained task, protocol, test set) the mean ± std over runs."""
+    cells: dict[tuple, list[tuple]] = {}
+    for r in runs:
+        for name, t in r["test_sets"].items():
+            cells.setdefault((r["config"], r["task"], r["protocol"], name), []).append((t["test_acc"], t["classes"]))
+    rows = []
+    for (config, task, proto, name), values in cells.items():
+        accs = [v[0] for v in values]
+        rows.append({"config": config, "trained on": task, "protocol": proto, "test set": name, "n": len(accs),
+                     "test_acc": statistics.mean(accs), "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+                     "evaluated with": values[0][1]})
     return rows
 
 
@@ -88,7 +130,7 @@ def vtab_means(rows: list[dict]) -> list[dict]:
     """Per config: each VTAB-1k group's mean test accuracy over its tasks present, then both overall means."""
     means = []
     for config in dict.fromkeys(r["config"] for r in rows):
-        accs = {r["task"]: r["test_acc"] for r in rows if r["config"] == config and r["group"] != "own"}
+        accs = {r["task"]: r["test_acc"] for r in rows if r["config"] == config and r["group"] in GROUPS}
         if not accs:
             continue
         groups = {g: [accs[t] for t in tasks if t in accs] for g, tasks in GROUPS.items()}
@@ -110,14 +152,25 @@ def fmt(v, std=None) -> str:
     return text if std is None else f"{text} ± {std:.2f}"
 
 
-def markdown(rows: list[dict], means: list[dict]) -> str:
+def protocol_label(p: str) -> str:
+    return p if p == HONEST else f"{p} (test-selected)"
+
+
+def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None) -> str:
     with_config = any(r["config"] for r in rows)
     with_n = any(r["n"] > 1 for r in rows)
-    cols = [c for c in rows[0] if not c.endswith("_std") and (c != "config" or with_config) and (c != "n" or with_n)]
+    shown = {"config": with_config, "n": with_n, "shots": any(r["shots"] for r in rows),
+             "protocol": any(r["protocol"] != HONEST for r in rows),
+             "published": any(r["published"] is not None for r in rows)}
+    cols = [c for c in rows[0] if not c.endswith("_std") and shown.get(c, True)]
 
     def cell(r, c):
         if c in PARAMS:
             return str(round(r[c]))
+        if c == "protocol":
+            return protocol_label(r[c])
+        if c == "published":
+            return "–" if r[c] is None else f"{r[c]:.1f} (published)"
         return fmt(r[c], r.get(f"{c}_std"))
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -127,9 +180,36 @@ def markdown(rows: list[dict], means: list[dict]) -> str:
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join([m["config"]] * with_config + [m["mean"], m["tasks"], fmt(m["test_acc"])]) + " |"
                   for m in means]
+    runs = runs or []
+    sets = test_set_rows(runs)
+    if sets:
+        head = ["config"] * with_config + ["trained on", "test set", "n", "test_acc", "evaluated with"]
+        head += ["protocol"] * shown["protocol"]
+        lines += ["", "Test sets of the merged model (domain generalization):", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join([r["config"]] * with_config + [r["trained on"], r["test set"], str(r["n"]),
+                                    fmt(r["test_acc"], r["test_acc_std"]), r["evaluated with"]]
+                                   + [protocol_label(r["protocol"])] * shown["protocol"]) + " |" for r in sets]
+    if with_n:
+        head = ["config"] * with_config + ["task"] + ["shots"] * shown["shots"] + ["seed", "test_acc", "test_acc_merged"]
+        head += ["protocol"] * shown["protocol"]
+        lines += ["", "Every run:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in sorted(runs, key=lambda r: (r["config"], ORDER.get(r["task"], len(ORDER)), r["task"], r["shots"] or 0,
+                                             r["protocol"], r["seed"])):
+            lines.append("| " + " | ".join([r["config"]] * with_config + [r["task"]] + [fmt(r["shots"])] * shown["shots"]
+                                           + [r["seed"] or "–", fmt(r["test_acc"]), fmt(r["test_acc_merged"])]
+                                           + [protocol_label(r["protocol"])] * shown["protocol"]) + " |")
     notes = []
+    protocols = sorted({r["protocol"] for r in rows})
+    notes.append("Protocol: " + "; ".join(
+        "honest (search on val200, the final epoch's test accuracy evaluated once)" if p == HONEST else
+        f"{p}: test-selected (every candidate scored on test, the best reported; not comparable with honest numbers)"
+        for p in protocols) + ".")
     if with_n:
         notes.append("Accuracies: mean ± sample standard deviation over the n runs (seeds) of each task.")
+    if shown["published"]:
+        notes.append("published: GLoRA's 16-shot accuracy as its authors published it (comment in their repository's "
+                     "issue 14), for comparison; not a result of this run.")
     own = sorted({r["task"] for r in rows if r["group"] == "own"})
     if means and own:
         notes.append(f"Tasks of your own ({', '.join(own)}: group own) are not in the VTAB-1k group or overall means.")
@@ -151,8 +231,10 @@ def write_summary(folder: Path) -> tuple[str, list[Path]] | None:
         return None
     rows = aggregate(runs)
     means = vtab_means(rows)
-    text = markdown(rows, means)
-    tables = {"results.md": text, "results.csv": to_csv(rows), "results_groups.csv": to_csv(means) if means else None}
+    text = markdown(rows, means, runs)
+    per_run = [{k: v for k, v in r.items() if k != "test_sets"} for r in runs]
+    tables = {"results.md": text, "results.csv": to_csv(rows), "results_groups.csv": to_csv(means) if means else None,
+              "results_runs.csv": to_csv(per_run) if any(r["n"] > 1 for r in rows) else None}
     files = [folder / name for name, content in tables.items() if content is not None]
     for path in files:
         path.write_text(tables[path.name])
