@@ -14,6 +14,10 @@ by writing the grid's results table.
     python scripts/launch.py --name demo --experiment configs/demo.yaml --tasks digits --seeds 0 1
     python scripts/launch.py --name methods --tasks natural --configs glora lora bitfit linear --set data.root=...
     python scripts/launch.py grid.yaml --executor slurm --partition gpu --time 600
+    python scripts/launch.py --name fewshot --experiment configs/fewshot.yaml --tasks fewshot --shots 1 2 4 8 16 --seeds 0 1 2
+
+With `--shots K...` (few-shot), every task × seed cell runs once per K into `<grid>/[<config>/]<task>/shot<K>/seed<S>/`
+with data.shots=K (the list train_meta.list.num_shot_<K>.seed_<S> follows the seed unless data.shot_seed is set).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ from submitit.core.utils import FailedJobError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data.registry import GROUPS, TASKS  # noqa: E402
+from data.registry import FEWSHOT_TASKS, GROUPS, TASKS  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.method import STAGE_SCRIPTS, stages  # noqa: E402
 from engine.status import STOPPED as STOPPED_RESUMABLE  # noqa: E402
@@ -49,8 +53,8 @@ from glora.errors import UserError  # noqa: E402
 # --resume (EX_TEMPFAIL of sysexits.h); any other non-zero status fails the cell.
 STOP_SIGNAL = signal.SIGTERM  # how a job asks its running stage to checkpoint and stop
 STOP_GRACE_S = 60  # then the stage is killed; below submitit's 90 s between SLURM's warning and the kill
-GRID_KEYS = ("name", "output", "experiment", "tasks", "seeds", "configs", "set")
-GRID_SETS = ("output", "seed", "data.task")  # keys each cell sets itself
+GRID_KEYS = ("name", "output", "experiment", "tasks", "seeds", "shots", "configs", "set")
+GRID_SETS = ("output", "seed", "data.task")  # keys each cell sets itself (and data.shots with a shots axis)
 NAME = re.compile(r"[\w.-]+")
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -164,6 +168,7 @@ class Grid(NamedTuple):
     tasks: list[str]
     seeds: list[int]
     overrides: list[str]  # for every cell
+    shots: list[int | None] = [None]  # [None]: no shots axis
 
 
 def load_grid(args: argparse.Namespace) -> Grid:
@@ -194,16 +199,23 @@ def load_grid(args: argparse.Namespace) -> Grid:
     if len({c.name for c in configs}) < len(configs):
         raise UserError(f"{where}: two configs share the name {[c.name for c in configs]}; give them distinct names")
     overrides = _list(spec, "set", str, where) + args.set
+    shots = args.shots or _list(spec, "shots", int, where)
+    if any(k < 1 for k in shots):
+        raise UserError(f"{where}: shots {shots}: each K is a positive integer (NOAH's lists: 1 2 4 8 16)")
+    grid_sets = GRID_SETS + ("data.shots",) * bool(shots)
     for item in [o for c in configs for o in c.overrides] + overrides:
-        if item.partition("=")[0].strip() in GRID_SETS:
-            raise UserError(f"{where}: --set {item}: the grid sets {', '.join(GRID_SETS)} of every cell itself "
-                            "(use --tasks, --seeds, --output)")
+        if item.partition("=")[0].strip() in grid_sets:
+            raise UserError(f"{where}: --set {item}: the grid sets {', '.join(grid_sets)} of every cell itself "
+                            "(use --tasks, --seeds, --shots, --output)")
     return Grid(output, experiment and _file(experiment, where), configs or [None], list(dict.fromkeys(tasks)),
-                list(dict.fromkeys(seeds)), overrides)
+                list(dict.fromkeys(seeds)), overrides, list(dict.fromkeys(shots)) or [None])
 
 
 def expand_task(name: str) -> list[str]:
-    """`vtab`: the 19 VTAB-1k tasks; a group name: its tasks; anything else: that task."""
+    """`vtab`: the 19 VTAB-1k tasks; a group name: its tasks; `fewshot`: NOAH's five few-shot FGVC
+    datasets; anything else: that task."""
+    if name == "fewshot":
+        return list(FEWSHOT_TASKS)
     return list(TASKS) if name == "vtab" else list(GROUPS.get(name, [name]))
 
 
@@ -240,14 +252,16 @@ def make_cells(grid: Grid, gpus: int, threads: int | None) -> list[Cell]:
     cells = []
     for config in grid.configs:
         for task in grid.tasks:
-            for seed in grid.seeds:
-                rel = Path(*([config.name] if config else []), task, f"seed{seed}")
-                folder = grid.output / rel
-                overrides = [*grid.overrides, *(config.overrides if config else ()), f"data.task={task}",
-                             f"output={folder}", f"seed={seed}"]
-                files = [f for f in (grid.experiment, config and config.file) if f]
-                cells.append(Cell(str(rel), folder, files, overrides, gpus=gpus, threads=threads,
-                                  stages=method_stages(files, overrides, f"cell {rel}")))
+            for shots in grid.shots:
+                for seed in grid.seeds:
+                    rel = Path(*([config.name] if config else []), task, *([f"shot{shots}"] if shots else []),
+                               f"seed{seed}")
+                    folder = grid.output / rel
+                    overrides = [*grid.overrides, *(config.overrides if config else ()), f"data.task={task}",
+                                 *([f"data.shots={shots}"] if shots else []), f"output={folder}", f"seed={seed}"]
+                    files = [f for f in (grid.experiment, config and config.file) if f]
+                    cells.append(Cell(str(rel), folder, files, overrides, gpus=gpus, threads=threads,
+                                      stages=method_stages(files, overrides, f"cell {rel}")))
     return cells
 
 
@@ -387,8 +401,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="grid name (default: the grid file's name); its folder is outputs/NAME")
     p.add_argument("--output", help="grid folder (default: outputs/NAME)")
     p.add_argument("--experiment", help="the experiment YAML of every cell (default: configs/defaults.yaml)")
-    p.add_argument("--tasks", nargs="+", help="task names; vtab = all 19, natural/specialized/structured = a group")
+    p.add_argument("--tasks", nargs="+", help="task names; vtab = all 19, natural/specialized/structured = a group, "
+                   "fewshot = NOAH's five few-shot datasets")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0")
+    p.add_argument("--shots", nargs="+", type=int, help="few-shot: a K axis (data.shots), e.g. 1 2 4 8 16; each "
+                   "cell's list is train_meta.list.num_shot_<K>.seed_<seed>")
     p.add_argument("--configs", nargs="+", help="a config axis of experiment YAMLs or method presets (NAME for "
                    "configs/methods/NAME.yaml), each applied over --experiment and named by its file name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell (repeatable)")
