@@ -26,7 +26,7 @@ def check_task(root, task: str, num_classes: int | None = None, img_size: int = 
     problem found (all of them, not just the first) is appended to `problems`."""
     problems = [] if problems is None else problems
     lists = read_task(root, task, num_classes, layout)  # a missing folder raises: nothing else to check
-    problems += published_problems(lists) if lists.layout.benchmark == VTAB else []
+    problems += published_problems(lists) if lists.layout.benchmark == VTAB and lists.num_classes else []
     problems += lists.problems
     if lists.num_classes is not None:
         yield f"task {task}: {lists.num_classes} classes ({lists.source})"

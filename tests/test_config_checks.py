@@ -22,7 +22,7 @@ def test_shipped_configs_pass(path):
 
 
 BAD = [  # (key=value as --set takes it, what the message must say)
-    ("train.epochs=0", "an integer ≥ 1"), ("train.epochs=-1", "an integer ≥ 1"), ("retrain.epochs=0", "≥ 1"),
+    ("train.epochs=0", "an integer ≥ 1"), ("train.epochs=-1", "an integer ≥ 1"), ("retrain.epochs=-1", "an integer ≥ 0"),
     ("train.ckpt_every=0", "an integer ≥ 1"), ("retrain.ckpt_every=0", "≥ 1"),
     ("data.eval_batch_size=0", "≥ 1"), ("data.batch_size=0", "≥ 1"), ("data.img_size=0", "≥ 1"),
     ("search.generations=0", "≥ 1"), ("search.parents=0", "≥ 1"), ("search.population=0", "≥ 1"),
