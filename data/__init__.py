@@ -1,7 +1,10 @@
-"""VTAB-1k data for every stage: task registry, list files, one transform, decode-once cache, loaders.
+"""Data for every stage: task registries and list layouts (VTAB-1k, NOAH's few-shot FGVC and domain
+generalization: data/layout.py), list files, one transform, decode-once cache, loaders, VTAB-1k
+preparation and verification (data/prepare.py).
 
     load_split(root, task, split, *, num_classes=None, img_size=224, interpolation="bicubic",
-               cache=True, cache_dir=None, workers=None) -> SplitData   # .images uint8, .labels
+               cache=True, cache_dir=None, workers=None, layout=None) -> SplitData   # .images uint8, .labels
+    Layout(benchmark="vtab" | "fewshot" | "dg", shots=None, shot_seed=0)   # which list file each split is
     task_num_classes(root, task, num_classes=None) -> int
     SplitData.loader(batch_size, *, device="cpu", resident_mb=inf, shuffle=False, drop_last=False,
                      seed=0, mean=..., std=..., dtype=...)   # whole on device if small, else streamed
@@ -17,6 +20,7 @@ Bad input raises glora.errors.UserError with a one-line message.
 
 from .cache import CachedImages
 from .demo import DEMO_TASK, build_demo
+from .layout import Layout
 from .lists import SPLITS, read_list, write_list
 from .loader import BatchLoader
 from .registry import GROUPS, TASKS, Task, get_task
@@ -25,7 +29,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, decode_imag
 from .vtab import SplitData, VTABDataset, load_split, read_split, task_num_classes
 
 __all__ = [
-    "BatchLoader", "CachedImages", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS",
+    "BatchLoader", "CachedImages", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Layout",
     "SPLITS", "SplitData", "TASKS", "Task", "VTABDataset", "build_demo", "build_synthetic", "decode_image",
     "get_task", "load_split", "normalize", "read_list", "read_split", "task_num_classes", "write_list",
 ]

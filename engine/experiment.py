@@ -108,6 +108,6 @@ def save_hub(cfg: dict, merged: nn.Module, results: dict) -> Path:
         name=f"{cfg['model']['name']}.glora_{d['task']}", details={
             "Task": f"{d['task']} ({results['num_classes']} classes)",
             "Method": f"{cfg['method']} (subnet {r['subnet']}, backbone {r['backbone']}, init {r['init']})",
-            "Protocol": protocol.DESCRIPTIONS[cfg["protocol"]],
+            "Protocol": protocol.description(cfg),
             "Test accuracy (%)": round(acc, 2), "Adapter parameters": results["adapter_params"],
             "Head parameters": results["head_params"]})

@@ -20,10 +20,18 @@ _SPLITS = {
 }
 LABELS = {HONEST: "honest", RELEASE_2023: "test-selected"}
 DESCRIPTIONS = {
-    HONEST: "honest: supernet on train800, search on val200, retrain on train800val200; test accuracy of the "
+    HONEST: "honest: supernet on {train800}, search on {val200}, retrain on {train800val200}; test accuracy of the "
             "final epoch, evaluated once",
-    RELEASE_2023: "release-2023 (test-selected): supernet on train800val200, every candidate scored on test, no "
+    RELEASE_2023: "release-2023 (test-selected): supernet on {train800val200}, every candidate scored on {test}, no "
                   "retrain; the accuracy is the best candidate's test accuracy, selected on the test set itself",
+}
+# What the splits are called in each benchmark's layout (data/layout.py).
+_NAMES = {
+    "vtab": {"train800": "train800", "val200": "val200", "train800val200": "train800val200", "test": "test"},
+    "fewshot": {"train800": "the K-shot list", "val200": "val_meta.list", "train800val200": "the K-shot list",
+                "test": "test_meta.list"},
+    "dg": {"train800": "the K-shot list", "val200": "the selection list", "train800val200": "the K-shot list",
+           "test": "the test list"},
 }
 
 
@@ -45,8 +53,13 @@ def check(cfg: dict) -> None:
                         "has none (an untrained head): set retrain.init=supernet or retrain.epochs ≥ 1")
 
 
+def description(cfg: dict) -> str:
+    """One line on the run's protocol, in its benchmark's names for the splits."""
+    return DESCRIPTIONS[cfg["protocol"]].format(**_NAMES[cfg["data"]["benchmark"]])
+
+
 def describe(cfg: dict) -> dict:
     """What a results file says of its protocol."""
     p = cfg["protocol"]
     return {"protocol": p, "test_selected": p == RELEASE_2023, "protocol_label": LABELS[p],
-            "protocol_description": DESCRIPTIONS[p]}
+            "protocol_description": description(cfg)}

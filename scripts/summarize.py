@@ -202,7 +202,7 @@ def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None
     notes = []
     protocols = sorted({r["protocol"] for r in rows})
     notes.append("Protocol: " + "; ".join(
-        "honest (search on val200, the final epoch's test accuracy evaluated once)" if p == HONEST else
+        "honest (search on the validation list, the final epoch's test accuracy evaluated once)" if p == HONEST else
         f"{p}: test-selected (every candidate scored on test, the best reported; not comparable with honest numbers)"
         for p in protocols) + ".")
     if with_n:
