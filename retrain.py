@@ -6,13 +6,9 @@ generalization), each restricted to the classes it holds where the registry says
 import copy
 import time
 
-import torch
-
-from data.registry import DG_TASKS
-from data.vtab import read_test_set
 from engine import method, protocol
-from engine.experiment import (build_model, eval_loader, export_metadata, load_data, load_test_sets, save_hub,
-                               train_loader)
+from engine.experiment import (benchmark_labels, build_model, check_test_sets, eval_loader, export_metadata,
+                               load_data, load_test_sets, save_hub, test_on_sets, train_loader)
 from engine.loops import evaluate
 from engine.run import Stage, cli, log
 from engine.trainer import Trainer
@@ -28,8 +24,7 @@ def main(args):
     stage = Stage("retrain", args, uses=("retrain", "train.amp"))
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
     method.check_upstream(stage)
-    for name in cfg["data"]["test_sets"]:  # their lists are checked before any work
-        read_test_set(cfg["data"]["root"], name, stage.data["num_classes"])
+    check_test_sets(cfg, stage.data["num_classes"])  # before any work
 
     train = load_data(cfg, protocol.split(cfg, "retrain"))
     test_split = load_data(cfg, "test")
@@ -86,9 +81,7 @@ def main(args):
         "trainable_params": count_params(model, trainable_only=True), "subnet": r["subnet"],
         "backbone": r["backbone"], "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
         "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
-        **protocol.describe(cfg), "benchmark": cfg["data"]["benchmark"], "shots": cfg["data"]["shots"],
-        "shot_seed": (cfg["seed"] if cfg["data"]["shot_seed"] is None else cfg["data"]["shot_seed"])
-        if cfg["data"]["benchmark"] != "vtab" else None,
+        **protocol.describe(cfg), **benchmark_labels(cfg),
     }
     if "test_acc1" in meta:  # release-2023: the search scored this subnet on test
         results["test_acc1_search"] = meta["test_acc1"]
@@ -102,24 +95,6 @@ def main(args):
     for name, row in shifted.items():
         log.info("test set %s: acc1 %.2f over %d images (%s)", name, row["test_acc"], row["images"], row["classes"])
     stage.close()
-
-
-def test_on_sets(cfg: dict, merged, test_sets: dict, device, test_acc: float, test_images: int) -> dict:
-    """The merged model's accuracy on the task's own test and on every data.test_sets set; a set that
-    the registry marks (ImageNet-A, -R) is scored with the logits of the classes it holds alone."""
-    if not test_sets:
-        return {}
-    k = next(iter(test_sets.values())).num_classes  # the model's, which every set was checked against
-    rows = {cfg["data"]["task"]: {"test_acc": test_acc, "images": test_images, "classes": f"all {k}",
-                                  "restricted": False}}
-    for name, split in test_sets.items():
-        entry = DG_TASKS.get(name)
-        classes = torch.unique(split.labels) if entry is not None and entry.restrict else None
-        acc = evaluate(merged, eval_loader(cfg, split, device), device, amp=False, classes=classes)
-        rows[name] = {"test_acc": acc, "images": len(split), "restricted": classes is not None,
-                      "classes": (f"logits restricted to the {len(classes)} classes present" if classes is not None
-                                  else f"all {split.num_classes}")}
-    return rows
 
 
 if __name__ == "__main__":

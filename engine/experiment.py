@@ -1,5 +1,6 @@
-"""From a resolved config to the objects every stage needs: the GLoRA model, the data splits, and
-what the export says of the model (merged file metadata, Hub folder)."""
+"""From a resolved config to the objects every stage needs: the GLoRA model, the data splits (the
+task's, in its benchmark's layout, and the further test sets of domain generalization), what the
+export says of the model (merged file metadata, Hub folder) and the merged model's test-set accuracies."""
 from __future__ import annotations
 
 import random
@@ -9,9 +10,9 @@ import torch
 from torch import nn
 
 from data import load_split
-from data.vtab import load_test_set
 from data.layout import Layout, layout_of
-from data.vtab import SplitData
+from data.registry import DG_TASKS
+from data.vtab import SplitData, load_test_set, read_test_set
 
 from glora.errors import UserError
 from glora.hub import save_hub_folder
@@ -20,6 +21,7 @@ from glora.model import create_model
 from glora.space import SearchSpace
 
 from . import distributed, protocol
+from .loops import evaluate
 
 
 def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = None) -> nn.Module:
@@ -60,6 +62,12 @@ def load_data(cfg: dict, split: str) -> SplitData:
 
     # Under torchrun rank 0 decodes the split into the cache first; then the others read it.
     return distributed.rank0_first(load) if d["cache"] else load()
+
+
+def check_test_sets(cfg: dict, num_classes: int) -> None:
+    """data.test_sets: each set's list exists and its labels fit the model's classes (decodes nothing)."""
+    for name in cfg["data"]["test_sets"]:
+        read_test_set(cfg["data"]["root"], name, num_classes)
 
 
 def load_test_sets(cfg: dict, num_classes: int) -> dict[str, SplitData]:
@@ -111,3 +119,30 @@ def save_hub(cfg: dict, merged: nn.Module, results: dict) -> Path:
             "Protocol": protocol.description(cfg),
             "Test accuracy (%)": round(acc, 2), "Adapter parameters": results["adapter_params"],
             "Head parameters": results["head_params"]})
+
+
+def test_on_sets(cfg: dict, merged: nn.Module, test_sets: dict, device: torch.device, test_acc: float,
+                 test_images: int) -> dict:
+    """The merged model's accuracy on the task's own test and on every data.test_sets set; a set that
+    the registry marks (ImageNet-A, -R) is scored with the logits of the classes it holds alone."""
+    if not test_sets:
+        return {}
+    k = next(iter(test_sets.values())).num_classes  # the model's, which every set was checked against
+    rows = {cfg["data"]["task"]: {"test_acc": test_acc, "images": test_images, "classes": f"all {k}",
+                                  "restricted": False}}
+    for name, split in test_sets.items():
+        entry = DG_TASKS.get(name)
+        classes = torch.unique(split.labels) if entry is not None and entry.restrict else None
+        acc = evaluate(merged, eval_loader(cfg, split, device), device, amp=False, classes=classes)
+        rows[name] = {"test_acc": acc, "images": len(split), "restricted": classes is not None,
+                      "classes": (f"logits restricted to the {len(classes)} classes present" if classes is not None
+                                  else f"all {split.num_classes}")}
+    return rows
+
+
+def benchmark_labels(cfg: dict) -> dict:
+    """What a results file says of its data beyond the task: the benchmark, and K and S of a K-shot list."""
+    d = cfg["data"]
+    shot = d["benchmark"] != "vtab"
+    return {"benchmark": d["benchmark"], "shots": d["shots"] if shot else None,
+            "shot_seed": (cfg["seed"] if d["shot_seed"] is None else d["shot_seed"]) if shot else None}
