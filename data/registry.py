@@ -81,6 +81,11 @@ DG_TASKS: MappingProxyType = MappingProxyType({t.name: t for t in (
     Task("imagenet-sketch", 1000, "dg"),
     Task("imagenet-adversarial", 1000, "dg", restrict=True),
     Task("imagenet-rendition", 1000, "dg", restrict=True),
+    # the same sets under the names their own releases give their folders
+    Task("imagenet-a", 1000, "dg", restrict=True),
+    Task("imagenet-r", 1000, "dg", restrict=True),
+    Task("imagenet-v2", 1000, "dg"),
+    Task("sketch", 1000, "dg"),
 )})
 
 

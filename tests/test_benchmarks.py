@@ -36,7 +36,8 @@ def test_registries_hold_the_published_figures_and_sizes():
     assert {t: published("fewshot", t, 16).test_acc for t in FEWSHOT_TASKS} == {
         "food101": 75.9, "standford-cars": 74.3, "oxford-flowers102": 99.6, "fgvc-aircraft": 54.1, "oxford-pets": 91.4}
     assert all(t.test_size for t in TASKS.values()) and TASKS["dsprites_loc"].test_size == 73_728
-    assert [n for n, t in DG_TASKS.items() if t.restrict] == ["imagenet-adversarial", "imagenet-rendition"]
+    assert [n for n, t in DG_TASKS.items() if t.restrict] == ["imagenet-adversarial", "imagenet-rendition",
+                                                              "imagenet-a", "imagenet-r"]
 
 
 # ---------------------------------------------------------------- few-shot and DG layouts
