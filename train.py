@@ -3,6 +3,7 @@ import random
 import time
 
 from glora import sample_subnet, save_adapters, set_subnet
+from engine import method
 from engine.loops import evaluate
 from engine.experiment import build_model, eval_loader, load_data, train_loader
 from glora.inject import head_params
@@ -14,6 +15,7 @@ from engine.trainer import Trainer
 
 def main(args):
     stage = Stage("supernet", args, uses=("train",))
+    method.check_trains_supernet(stage.cfg)
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, "train800")
     val = eval_loader(cfg, load_data(cfg, "val200"), device)

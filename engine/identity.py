@@ -78,13 +78,20 @@ def read_lineage(path: Path) -> Optional[dict]:
     return content.get("lineage") if isinstance(content, dict) else None
 
 
+def lineage_differences(theirs: Optional[dict], cfg: dict, data: dict) -> Optional[list[str]]:
+    """What differs between the experiment an upstream file was made for and this one (None: it says nothing)."""
+    if not isinstance(theirs, dict) or "experiment" not in theirs:
+        return None
+    return differences({**theirs["experiment"], **{_DATA[k]: theirs["data"].get(k) for k in _DATA}},
+                       _identity(cfg, data, EXPERIMENT))
+
+
 def check_lineage(path: Path, theirs: Optional[dict], cfg: dict, data: dict) -> None:
     """Refuse an upstream file made for another backbone, space, task, preprocessing or data."""
-    if not isinstance(theirs, dict) or "experiment" not in theirs:
+    diffs = lineage_differences(theirs, cfg, data)
+    if diffs is None:
         raise UserError(f"{path}: it says nothing of how it was made (written by hand or by an older version); "
                         "make it again with this config")
-    ours = _identity(cfg, data, EXPERIMENT)
-    diffs = differences({**theirs["experiment"], **{_DATA[k]: theirs["data"].get(k) for k in _DATA}}, ours)
     if diffs:
         raise UserError(f"{path} was made for another experiment: {'; '.join(diffs)} (there → here); "
                         f"run its stage ({theirs.get('stage')}) again with this config, or use the config it was made with")

@@ -177,8 +177,8 @@ def test_a_retrain_resumed_after_a_new_search_refuses_cleanly(copy, monkeypatch)
     monkeypatch.undo()
     copy.go("search", "--set", "search.generations=1")  # a new search: a new best_subnet.yaml
     assert copy.status("retrain", "--resume") == USER_ERROR
-    with pytest.raises(UserError, match=r"best_subnet.yaml changed since this retrain run started \(it was made "
-                                        r"again\): run without --resume to start afresh from it"):
+    with pytest.raises(UserError, match=r"best_subnet.yaml changed since this retrain run started \(made again, "
+                                        r"or edited\): run without --resume to start afresh from it"):
         copy.go("retrain", "--resume")
 
 
