@@ -17,7 +17,7 @@ from engine.trainer import Trainer
 
 
 def main(args):
-    stage = Stage("retrain", args, uses=("method", "retrain", "train.amp", "supernet"))
+    stage = Stage("retrain", args)
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
     method.check_upstream(stage)
 

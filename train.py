@@ -14,7 +14,7 @@ from engine.trainer import Trainer
 
 
 def main(args):
-    stage = Stage("supernet", args, uses=("train",))
+    stage = Stage("supernet", args)
     method.check_trains_supernet(stage.cfg)
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, "train800")

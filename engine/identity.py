@@ -23,6 +23,9 @@ from .config import flatten
 RECORD = "run.yaml"
 # The config every stage's result depends on; each stage adds its own sections (see Stage).
 COMMON = ("seed", "device", "model", "data", "glora")
+# What each stage's result depends on besides COMMON (the stage's own section, and what it reads).
+USES = {"supernet": ("train",), "search": ("search", "train.amp", "supernet"),
+        "retrain": ("method", "retrain", "train.amp", "supernet")}
 # What --resume lets change: where the data and its cache live, how often the supernet is validated.
 RESUME_FREE = ("data.root", "data.cache", "data.cache_dir", "train.eval_every")
 # What an upstream file and the stage that reads it must share: the backbone (model.*), the space

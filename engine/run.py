@@ -92,16 +92,15 @@ class Stage:
     """One stage's run: the checked config, `<output>/<stage>/` and its lock, the run's identity,
     log file, device, seeds and stop signals.
 
-    `uses`: the config sections or keys, besides seed, device, model, data and glora, that the
-    stage's result depends on; a --resume that changes one of them is refused (see engine.identity).
+    A --resume that changes the config the stage's result depends on (engine.identity.USES) is refused.
     Nothing is written before `begin()`, which the script calls once every input is checked (the
     lock is taken at once where the folder exists, else when begin() makes it).
     """
 
     _open: list = []  # stages of this process not released yet (see release_all)
 
-    def __init__(self, name: str, args: argparse.Namespace, uses: tuple[str, ...] = ()):
-        self.name, self.uses = name, tuple(uses)
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name = name
         self.cfg = load_config(args.config, args.overrides)
         validate_config(self.cfg)
         method.check(self.cfg)
@@ -155,11 +154,11 @@ class Stage:
         if record.get("imported_from"):
             raise UserError(f"{self.dir}: its supernet was imported from {record['imported_from']}, not trained here: "
                             "nothing to resume; run without --resume to train one (the import moves to previous/)")
-        diffs = identity.resume_differences(record, self.cfg, self.data, self.uses)
+        diffs = identity.resume_differences(record, self.cfg, self.data, identity.USES[self.name])
         if diffs:
             raise UserError(f"{path}: --resume continues run {record['run']}, which started with other settings: "
-                            f"{'; '.join(diffs)} (then → now); resume with those, or run without --resume "
-                            "to start afresh (the old run moves to previous/)")
+                            f"{'; '.join(diffs)} (then → now); resume with those, or start afresh: without --resume "
+                            "(the old run moves to previous/) or in another output folder")
         return True, record
 
     def upstream(self, rel: str, missing: str, transfer: bool = False) -> Path:
