@@ -55,8 +55,10 @@ class SplitData:
         return loader.to(device) if self.nbytes <= resident_mb * 1e6 else loader
 
 
-def resolve_num_classes(root, task: str, num_classes: int | None = None) -> tuple[int, str]:
-    """The class count of a task and a note saying where it comes from (registry, given, derived)."""
+def resolve_num_classes(root, task: str, num_classes: int | None = None,
+                        read: dict[str, list] | None = None) -> tuple[int, str]:
+    """The class count of a task and a note saying where it comes from (registry, given, derived).
+    `read`: the task's lists as already read (split -> entries), to derive the count from."""
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}: "
@@ -74,7 +76,7 @@ def resolve_num_classes(root, task: str, num_classes: int | None = None) -> tupl
     path = next((folder / f"{s}.txt" for s in _DERIVE_FROM if (folder / f"{s}.txt").is_file()), None)
     if path is None:
         list_path(root, task, _DERIVE_FROM[0])  # raises the missing-list error
-    entries = read_list(path)
+    entries = read[path.stem] if read and read.get(path.stem) else read_list(path)
     derived = max(e.label for e in entries) + 1
     return derived, f"derived as max label + 1 in {path.name}"  # a negative label fails where it is read
 
