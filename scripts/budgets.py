@@ -33,6 +33,9 @@ def sweep_cells(configs: list[str], overrides: list[str], budgets: list[float], 
     if cfg["retrain"]["subnet"] != "searched":
         raise UserError(f"a budget sweep searches: the experiment's retrain.subnet is {cfg['retrain']['subnet']!r}, "
                         "not searched (give a GLoRA config, not a baseline preset)")
+    if cfg["supernet"]:
+        raise UserError(f"supernet={cfg['supernet']}: a budget sweep trains its own supernet (under output); "
+                        "unset supernet (--set supernet=null)")
     out, low = Path(cfg["output"]).resolve(), cfg["search"]["budget"][0]
     if not budgets or min(budgets) <= low:
         raise UserError(f"--budgets {budgets}: give budgets in millions of adapter parameters above search.budget's "

@@ -135,6 +135,13 @@ def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_budget_sweep_trains_its_own_supernet():
+    import budgets
+
+    with pytest.raises(budgets.UserError, match=r"supernet=/x.safetensors: a budget sweep trains its own supernet"):
+        budgets.sweep_cells([], ["data.task=digits", "supernet=/x.safetensors"], [0.5], [])
+
+
 def test_checkpoint_stops_the_stage_kills_it_after_the_grace_period_and_requeues_the_same_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "STOP_GRACE_S", 0.5)
     cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "stubborn"))
