@@ -21,7 +21,7 @@ from glora.merge import read_adapter_metadata
 from .config import flatten
 
 RECORD = "run.yaml"
-# The config every stage's result depends on; each stage adds its own sections (see Stage).
+# The config every stage's result depends on; each stage adds its own keys (USES).
 COMMON = ("seed", "device", "model", "data", "glora")
 # What each stage's result depends on besides COMMON (the stage's own section, and what it reads).
 USES = {"supernet": ("train",), "search": ("search", "train.amp", "supernet"),
