@@ -21,7 +21,7 @@ from glora.model import count_params
 
 
 def main(args):
-    stage = Stage("retrain", args, uses=("retrain", "train.amp"))
+    stage = Stage("retrain", args)
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
     method.check_upstream(stage)
     check_test_sets(cfg, stage.data["num_classes"])  # before any work
@@ -42,7 +42,7 @@ def main(args):
     adapter_params = subnet_params(model, subnet)
     if "params" in meta and meta["params"] != adapter_params:
         raise UserError(f"retrain.subnet={r['subnet']}: the file says {meta['params']} parameters but they count "
-                        f"{adapter_params}; it was searched with other glora settings")
+                        f"{adapter_params}; it was searched for another model or other glora settings")
     log.info("%s: subnet %s with %d adapter parameters (+ backbone %d, head %d), init from %s", cfg["method"],
              r["subnet"], adapter_params, backbone_params, head_params(model), r["init"])
 

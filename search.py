@@ -21,7 +21,7 @@ from search.score import MergedScorer
 
 
 def main(args):
-    stage = Stage("search", args, uses=("search", "train.amp"))
+    stage = Stage("search", args)
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
     supernet_file = stage.upstream(method.supernet_rel(cfg), "no trained supernet; run train.py with this config first")
     scored_on = protocol.split(cfg, "search")

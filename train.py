@@ -3,7 +3,7 @@ random subnet per forward pass."""
 import random
 import time
 
-from engine import protocol
+from engine import method, protocol
 from engine.experiment import build_model, eval_loader, load_data, train_loader
 from engine.loops import evaluate
 from engine.run import Stage, cli, log
@@ -15,7 +15,8 @@ from glora.model import count_params
 
 
 def main(args):
-    stage = Stage("supernet", args, uses=("train",))
+    stage = Stage("supernet", args)
+    method.check_trains_supernet(stage.cfg)
     cfg, device = stage.cfg, stage.device
     train = load_data(cfg, protocol.split(cfg, "supernet"))
     val = eval_loader(cfg, load_data(cfg, protocol.split(cfg, "supernet_val")), device)

@@ -3,7 +3,8 @@ least two classes, every class with a training example, val200 apart from train8
 train800val200 their union (VTAB-1k; a few-shot list is both training splits); then, for the
 checker, every image decoded; for a VTAB-1k copy, also the published sizes (`published_problems`).
 
-`read_task` collects every problem (`python -m data` reports them all); `check_task_lists` is what
+`read_task` collects every problem (`python -m data` reports them all; a bad line is skipped, the
+rules apply to the others); `check_task_lists` is what
 the stages call: the first problem is an error, else the lists, their class count and fingerprint.
 """
 
@@ -75,10 +76,10 @@ def read_task(root, task: str, num_classes: int | None = None, layout: Layout | 
             lists.entries[split] = read[found.path] = read_list(found, root, lists.problems)
         except UserError as e:  # not UTF-8
             lists.problems.append(str(e))
-    if lists.problems:  # the class count and the rules below need every list read whole
+    if len(lists.entries) < len(SPLITS):  # the class count and the rules below need the four lists
         return lists
     try:
-        lists.num_classes, lists.source = resolve_num_classes(root, task, num_classes, layout)
+        lists.num_classes, lists.source = resolve_num_classes(root, task, num_classes, layout, lists.entries)
     except UserError as e:
         lists.problems.append(str(e))
         return lists
@@ -137,8 +138,10 @@ def _check_splits(lists: TaskLists, folder, layout: Layout) -> None:
     lacking, extra = sorted(((train + val) - union).elements()), sorted((union - (train + val)).elements())
     if lacking or extra:
         lists.problems.append(
-            f"{folder / 'train800val200.txt'} is not train800 + val200: it lacks {len(lacking)} of their "
-            f"lines ({_few(lacking)}) and has {len(extra)} others ({_few(extra)}); write it as the two lists joined")
+            f"{folder / 'train800val200.txt'} is not train800 + val200: it "
+            + " and ".join([f"lacks {len(lacking)} of their lines ({_few(lacking)})"] * bool(lacking)
+                           + [f"has {len(extra)} others ({_few(extra)})"] * bool(extra))
+            + "; write it as the two lists joined")
 
 
 PUBLISHED_LINES = {"train800": 800, "val200": 200, "train800val200": 1000}

@@ -61,8 +61,9 @@ class SplitData:
 
 
 def resolve_num_classes(root, task: str, num_classes: int | None = None,
-                        layout: Layout | None = None) -> tuple[int, str]:
-    """The class count of a task and a note saying where it comes from (registry, given, derived)."""
+                        layout: Layout | None = None, read: dict[str, list] | None = None) -> tuple[int, str]:
+    """The class count of a task and a note saying where it comes from (registry, given, derived).
+    `read`: the task's lists as already read (split -> entries), to derive the count from."""
     layout = layout or Layout()
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
@@ -78,10 +79,11 @@ def resolve_num_classes(root, task: str, num_classes: int | None = None,
     if num_classes is not None:
         return num_classes, "given"
     folder = task_dir(root, task, layout)
-    found = next((f for f in (layout.list_file(folder, s) for s in _DERIVE_FROM) if f is not None), None)
-    if found is None:
+    split = next((s for s in _DERIVE_FROM if layout.list_file(folder, s) is not None), None)
+    if split is None:
         list_file(root, task, _DERIVE_FROM[0], layout)  # raises the missing-list error
-    entries = read_list(found, root)
+    found = layout.list_file(folder, split)
+    entries = read[split] if read and read.get(split) else read_list(found, root)
     derived = max(e.label for e in entries) + 1
     return derived, f"derived as max label + 1 in {found.path.name}"  # a negative label fails where it is read
 

@@ -21,8 +21,11 @@ from glora.merge import read_adapter_metadata
 from .config import flatten
 
 RECORD = "run.yaml"
-# The config every stage's result depends on; each stage adds its own sections (see Stage).
+# The config every stage's result depends on; each stage adds its own keys (USES).
 COMMON = ("seed", "device", "protocol", "model", "data", "glora")
+# What each stage's result depends on besides COMMON (the stage's own section, and what it reads).
+USES = {"supernet": ("train",), "search": ("search", "train.amp", "supernet"),
+        "retrain": ("method", "retrain", "train.amp", "supernet")}
 # What --resume lets change: where the data and its cache live, how often the supernet is validated.
 RESUME_FREE = ("data.root", "data.cache", "data.cache_dir", "train.eval_every")
 # What an upstream file and the stage that reads it must share: the backbone (model.*), the space
@@ -83,14 +86,21 @@ def read_lineage(path: Path) -> Optional[dict]:
     return content.get("lineage") if isinstance(content, dict) else None
 
 
+def lineage_differences(theirs: Optional[dict], cfg: dict, data: dict) -> Optional[list[str]]:
+    """What differs between the experiment an upstream file was made for and this one (None: it says nothing)."""
+    if not isinstance(theirs, dict) or "experiment" not in theirs:
+        return None
+    ours = _identity(cfg, data, EXPERIMENT)
+    before = {k: v for k, v in _BEFORE.items() if k in ours}  # keys that files written before them lack
+    return differences({**before, **theirs["experiment"], **{_DATA[k]: theirs["data"].get(k) for k in _DATA}}, ours)
+
+
 def check_lineage(path: Path, theirs: Optional[dict], cfg: dict, data: dict) -> None:
     """Refuse an upstream file made for another backbone, space, task, preprocessing or data."""
-    if not isinstance(theirs, dict) or "experiment" not in theirs:
+    diffs = lineage_differences(theirs, cfg, data)
+    if diffs is None:
         raise UserError(f"{path}: it says nothing of how it was made (written by hand or by an older version); "
                         "make it again with this config")
-    ours = _identity(cfg, data, EXPERIMENT)
-    before = {k: v for k, v in _BEFORE.items() if k in ours}
-    diffs = differences({**before, **theirs["experiment"], **{_DATA[k]: theirs["data"].get(k) for k in _DATA}}, ours)
     if diffs:
         raise UserError(f"{path} was made for another experiment: {'; '.join(diffs)} (there → here); "
                         f"run its stage ({theirs.get('stage')}) again with this config, or use the config it was made with")

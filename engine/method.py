@@ -69,6 +69,14 @@ def supernet_file(cfg: dict) -> Path:
     return Path(cfg["supernet"] or Path(cfg["output"]) / "supernet" / "supernet.safetensors")
 
 
+def check_trains_supernet(cfg: dict) -> None:
+    """train.py trains `<output>/supernet/`: refuse a config whose other stages read another supernet."""
+    own = Path(cfg["output"]) / "supernet" / "supernet.safetensors"
+    if supernet_file(cfg).resolve() != own.resolve():
+        raise UserError(f"supernet={cfg['supernet']}: this experiment reads a supernet trained elsewhere, so train.py "
+                        f"would train one ({own}) that nothing reads; unset it (--set supernet=null) to train one here")
+
+
 def supernet_rel(cfg: dict) -> str:
     """The supernet as an upstream file of a stage: relative to the output folder (the run's own)
     or absolute (`supernet`)."""
@@ -113,8 +121,9 @@ def check_upstream(stage) -> None:
     if r["subnet"] == "searched":
         stage.upstream("search/best_subnet.yaml", "no searched subnet; run search.py with this config first "
                        "(or set retrain.subnet to uniform, random or a subnet file)")
-    elif r["subnet"] not in SUBNETS and not Path(r["subnet"]).is_file():
-        raise UserError(f"retrain.subnet={r['subnet']}: no such subnet file")
+    elif r["subnet"] not in SUBNETS:
+        stage.upstream(str(Path(r["subnet"]).resolve()), f"retrain.subnet={r['subnet']} names no such subnet file",
+                       transfer=True)
     if r["init"] == "supernet":
         stage.upstream(supernet_rel(cfg), "no trained supernet to start from; run train.py or set retrain.init=scratch")
 

@@ -93,16 +93,15 @@ class Stage:
     """One stage's run: the checked config, `<output>/<stage>/` and its lock, the run's identity,
     log file, device, seeds and stop signals.
 
-    `uses`: the config sections or keys, besides seed, device, model, data and glora, that the
-    stage's result depends on; a --resume that changes one of them is refused (see engine.identity).
+    A --resume that changes the config the stage's result depends on (engine.identity.USES) is refused.
     Nothing is written before `begin()`, which the script calls once every input is checked (the
     lock is taken at once where the folder exists, else when begin() makes it).
     """
 
     _open: list = []  # stages of this process not released yet (see release_all)
 
-    def __init__(self, name: str, args: argparse.Namespace, uses: tuple[str, ...] = ()):
-        self.name, self.uses = name, tuple(uses)
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name = name
         self.cfg = load_config(args.config, args.overrides)
         validate_config(self.cfg)
         method.check(self.cfg)
@@ -156,36 +155,44 @@ class Stage:
         if record.get("imported_from"):
             raise UserError(f"{self.dir}: its supernet was imported from {record['imported_from']}, not trained here: "
                             "nothing to resume; run without --resume to train one (the import moves to previous/)")
-        diffs = identity.resume_differences(record, self.cfg, self.data, self.uses)
+        diffs = identity.resume_differences(record, self.cfg, self.data, identity.USES[self.name])
         if diffs:
             raise UserError(f"{path}: --resume continues run {record['run']}, which started with other settings: "
-                            f"{'; '.join(diffs)} (then → now); resume with those, or run without --resume "
-                            "to start afresh (the old run moves to previous/)")
+                            f"{'; '.join(diffs)} (then → now); resume with those, or start afresh: without --resume "
+                            "(the old run moves to previous/) or in another output folder")
         return True, record
 
-    def upstream(self, rel: str, missing: str) -> Path:
-        """The upstream file `<output>/<rel>` (or `rel` itself where absolute) this stage reads, checked: it exists (else `missing` says
-        how to make it), it was made for this experiment and data, it agrees with the other upstream
-        files (made from the same ones), and on --resume it is the file the run started with."""
+    def upstream(self, rel: str, missing: str, transfer: bool = False) -> Path:
+        """The upstream file `<output>/<rel>` (or `rel` itself where absolute) this stage reads, checked: it
+        exists (else `missing` says how to make it), it was made for this experiment and data, it agrees
+        with the other upstream files (made from the same ones), and on --resume it is the file the run
+        started with. A `transfer` (a subnet file named by retrain.subnet) may come from another
+        experiment or none: a note says so, and the reader checks that it fits the model."""
         path = self.root / rel
         if not path.is_file():
             raise UserError(f"{path}: not found; {missing}")
         theirs = identity.read_lineage(path)
-        identity.check_lineage(path, theirs, self.cfg, self.data)
         digest = file_sha256(path)
-        for other, made in self._lineages.items():
-            if made["upstream"].get(rel, digest) != digest:
-                raise UserError(f"{self.root / other} was made from another {rel} than the one there now: "
-                                f"run its stage ({made['stage']}) again")
-        for up, was in theirs["upstream"].items():
-            if self.upstream_digests.get(up, was) != was:
-                raise UserError(f"{path} was made from another {up} than the one there now: "
-                                f"run its stage ({theirs['stage']}) again")
+        if transfer:
+            diffs = identity.lineage_differences(theirs, self.cfg, self.data)
+            if diffs:
+                log.info("note: %s was made for another experiment (%s; there → here): used as a transfer",
+                         path, "; ".join(diffs))
+        else:
+            identity.check_lineage(path, theirs, self.cfg, self.data)
+            for other, made in self._lineages.items():
+                if made["upstream"].get(rel, digest) != digest:
+                    raise UserError(f"{self.root / other} was made from another {rel} than the one there now: "
+                                    f"run its stage ({made['stage']}) again")
+            for up, was in theirs["upstream"].items():
+                if self.upstream_digests.get(up, was) != was:
+                    raise UserError(f"{path} was made from another {up} than the one there now: "
+                                    f"run its stage ({theirs['stage']}) again")
+            self._lineages[rel] = theirs
         if self.resume and self.record["upstream"].get(rel) != digest:
-            raise UserError(f"{path} changed since this {self.name} run started (it was made again): run without "
+            raise UserError(f"{path} changed since this {self.name} run started (made again, or edited): run without "
                             "--resume to start afresh from it (the old run moves to previous/)")
         self.upstream_digests[rel] = digest
-        self._lineages[rel] = theirs
         return path
 
     def lineage(self) -> dict:

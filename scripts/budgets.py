@@ -10,6 +10,7 @@ resume: complete stages are skipped, started ones resumed (as scripts/launch.py 
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from summarize import write_summary  # noqa: E402
 
 from engine.config import load_config  # noqa: E402
 from engine.method import check  # noqa: E402
+from engine.status import STOPPED  # noqa: E402
 from glora.errors import UserError  # noqa: E402
 
 
@@ -31,6 +33,9 @@ def sweep_cells(configs: list[str], overrides: list[str], budgets: list[float], 
     if cfg["retrain"]["subnet"] != "searched":
         raise UserError(f"a budget sweep searches: the experiment's retrain.subnet is {cfg['retrain']['subnet']!r}, "
                         "not searched (give a GLoRA config, not a baseline preset)")
+    if cfg["supernet"]:
+        raise UserError(f"supernet={cfg['supernet']}: a budget sweep trains its own supernet (under output); "
+                        "unset supernet (--set supernet=null)")
     out, low = Path(cfg["output"]).resolve(), cfg["search"]["budget"][0]
     if not budgets or min(budgets) <= low:
         raise UserError(f"--budgets {budgets}: give budgets in millions of adapter parameters above search.budget's "
@@ -62,13 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for cell in cells:
-        print(f"{cell.name}: {'done before' if cell.done() else 'running ' + ', '.join(s.name for s in cell.stages)}",
-              flush=True)
-        result = cell()
-        if result["status"] != "done":
-            print(report(cell, result), file=sys.stderr)
-            return 1
+    # SIGTERM and SIGUSR1 act as Ctrl-C: the running stage checkpoints and stops, then this script
+    previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        for cell in cells:
+            print(f"{cell.name}: {'done before' if cell.done() else 'running ' + ', '.join(s.name for s in cell.stages)}",
+                  flush=True)
+            result = cell()
+            if result["status"] != "done":
+                print(report(cell, result), file=sys.stderr)
+                return STOPPED if result["status"] == "stopped" else 1
+    except KeyboardInterrupt:
+        print("stopped: the running stage wrote its checkpoint; run the same command again to resume", file=sys.stderr)
+        return STOPPED
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     text, files = write_summary(cells[0].folder)
     print(f"{text}(written to {cells[0].folder}: {', '.join(f.name for f in files)})")
     return 0

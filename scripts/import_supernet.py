@@ -53,7 +53,7 @@ def main() -> int:
     args.resume = False  # an import is always a fresh run of the supernet stage
 
     def run(args):
-        stage = Stage("supernet", args, uses=("train",))
+        stage = Stage("supernet", args)
         path = import_supernet(stage, args.checkpoint)
         stage.close()
         print(f"supernet written to {path}; next: python search.py {args.config}")

@@ -101,6 +101,9 @@ def test_the_checker_reports_every_problem_in_one_run(task, capsys):
         f"error: {task}/train800.txt:2: malformed line 'img sub/001.jpg one': expected '<relative/image/path> <integer label>'",
         f"error: {task}/val200.txt:1: image path '../../escape.png' leaves the data root {task.parent}: give paths "
         "relative to the task folder, inside the data root",
+        # the rules go on over the lines that could be read
+        f"error: {task}/train800val200.txt is not train800 + val200: it has 2 others (img sub/001.jpg 1, "
+        "img sub/012.png 0); write it as the two lists joined",
         f"error: {task}/test.txt:3: image {task}/img sub/020.jpg does not exist: restore it or drop its line from the list",
         f"error: {task}/test.txt:4: cannot read image {task}/img sub/021.png (cannot identify image file "
         f"'{task}/img sub/021.png'): replace the file or drop its line from the list",

@@ -105,6 +105,43 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert line == f"bad: failed in broken (exit 3): error: the fake stage failed; fix it [log: {failing.log}]"
 
 
+def test_a_complete_stage_with_other_settings_now_is_resumed_so_that_it_names_them(tmp_path):
+    from engine.config import load_config
+
+    cell = fake_cell(tmp_path, fake_stage(tmp_path, "supernet", "ok"))
+    assert cell() == {"status": "done"}
+    record = {"run": "r", "config": load_config(None, cell.overrides), "data": {}, "upstream": {}}
+    (cell.folder / "supernet" / "run.yaml").write_text(yaml.safe_dump(record))
+    assert cell.done()
+    cell.overrides.append("train.eval_every=7")  # free to change: still complete
+    assert cell.done()
+    cell.overrides.append("train.epochs=3")  # not: the stage's --resume refuses, naming it
+    assert not cell.done() and cell() == {"status": "done"}
+    assert calls(cell, "supernet") == ["fresh", "resume"]
+
+
+def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_path, monkeypatch, capsys):
+    import budgets
+
+    cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "wait"))
+    monkeypatch.setattr(budgets, "sweep_cells", lambda *args: [cell])
+    pid = cell.folder / "first" / "job_pid"
+    sender = ThreadPoolExecutor(1).submit(lambda: (wait_for(pid.is_file, 60), os.kill(os.getpid(), signal.SIGTERM)))
+    assert budgets.main(["exp.yaml", "--budgets", "1"]) == launch.STOPPED_RESUMABLE
+    sender.result()
+    assert (cell.folder / "first" / "stopped").read_text() == "SIGTERM"  # the stage checkpointed, not orphaned
+    assert capsys.readouterr().err.endswith("stopped: the running stage wrote its checkpoint; run the same command "
+                                            "again to resume\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_budget_sweep_trains_its_own_supernet():
+    import budgets
+
+    with pytest.raises(budgets.UserError, match=r"supernet=/x.safetensors: a budget sweep trains its own supernet"):
+        budgets.sweep_cells([], ["data.task=digits", "supernet=/x.safetensors"], [0.5], [])
+
+
 def test_checkpoint_stops_the_stage_kills_it_after_the_grace_period_and_requeues_the_same_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "STOP_GRACE_S", 0.5)
     cell = fake_cell(tmp_path, fake_stage(tmp_path, "first", "stubborn"))

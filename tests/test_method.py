@@ -173,7 +173,7 @@ class _Upstream:
     def __init__(self, cfg):
         self.cfg = cfg
 
-    def upstream(self, rel, missing):
+    def upstream(self, rel, missing, transfer=False):
         if not (Path(self.cfg["output"]) / rel).is_file():
             raise UserError(f"{rel}: not found; {missing}")
 

@@ -38,6 +38,11 @@ def test_resume_differences_name_the_changed_keys_of_the_stage_only():
     # where the data lives and how often the supernet is validated may change; the data itself may not
     free = cfg("data.root=/elsewhere", "data.cache=false", "data.cache_dir=/tmp/c", "train.eval_every=1")
     assert identity.resume_differences(record, free, DATA, ("train",)) == []
+    # a preset switched: the retrain names the method and the supernet it reads; the supernet stage neither
+    preset = cfg("method=lora", "supernet=/x/supernet.safetensors")
+    assert identity.resume_differences(record, preset, DATA, identity.USES["retrain"]) == [
+        "method ('glora' → 'lora')", "supernet (None → '/x/supernet.safetensors')"]
+    assert identity.resume_differences(record, preset, DATA, identity.USES["supernet"]) == []
     other = identity.resume_differences(record, cfg("model.kwargs.depth=2"), {**DATA, "fingerprint": "cd" * 32}, ())
     assert other == ["data: the task's list files (digest) (abababababab… → cdcdcdcdcdcd…)",
                      "model.kwargs.depth (absent → 2)"]
@@ -59,6 +64,9 @@ def test_lineage_refuses_another_task_backbone_space_or_data(tmp_path):
         identity.check_lineage(path, made, cfg(), {**DATA, "num_classes": 12})
     with pytest.raises(UserError, match="says nothing of how it was made"):
         identity.check_lineage(path, None, cfg(), DATA)
+    # what a transfer (a subnet file from elsewhere) is told: the differences, or None where it says nothing
+    assert identity.lineage_differences(made, cfg("data.task=svhn"), DATA) == ["data.task ('digits' → 'svhn')"]
+    assert identity.lineage_differences(None, cfg(), DATA) is None
 
 
 def test_the_lock_refuses_a_second_holder_until_released(tmp_path):

@@ -28,6 +28,7 @@ from data import build_demo, read_list, write_list
 from engine.run import execute, parse_args
 from engine.status import STOPPED, USER_ERROR
 from glora.errors import UserError
+from glora.io import file_sha256
 from test_stages import Killed, cli, run, stage, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,11 @@ def test_resume_refuses_changed_settings_but_not_where_data_lives(copy, referenc
         copy.go("train", "--resume", "--set", "train.epochs=6", "--set", "train.lr=0.01")
     with pytest.raises(UserError, match=r"search.budget \(\[0.0, 0.01\] → \[0, 0.004\]\)"):
         copy.go("search", "--resume", "--set", "search.budget=[0,0.004]")
+    elsewhere = f"supernet={copy.out / 'supernet' / 'supernet.safetensors'}"  # the same file, named as another
+    with pytest.raises(UserError, match=r"other settings: supernet \(None → '/.*supernet.safetensors'\)"):
+        copy.go("search", "--resume", "--set", elsewhere)
+    with pytest.raises(UserError, match=r"supernet=/x.safetensors: this experiment reads a supernet trained elsewhere"):
+        copy.go("train", "--set", "supernet=/x.safetensors")
     # a finished run resumed with a free key changed: the same result, no new curve points, stale files gone
     tmp = copy.out / "supernet" / ".supernet.safetensors.k1lld.tmp"
     tmp.write_bytes(b"half")
@@ -177,9 +183,31 @@ def test_a_retrain_resumed_after_a_new_search_refuses_cleanly(copy, monkeypatch)
     monkeypatch.undo()
     copy.go("search", "--set", "search.generations=1")  # a new search: a new best_subnet.yaml
     assert copy.status("retrain", "--resume") == USER_ERROR
-    with pytest.raises(UserError, match=r"best_subnet.yaml changed since this retrain run started \(it was made "
-                                        r"again\): run without --resume to start afresh from it"):
+    with pytest.raises(UserError, match=r"best_subnet.yaml changed since this retrain run started \(made again, "
+                                        r"or edited\): run without --resume to start afresh from it"):
         copy.go("retrain", "--resume")
+
+
+def test_a_subnet_file_is_an_upstream_file_and_one_from_another_experiment_a_transfer(copy, monkeypatch, tmp_path):
+    subnet = tmp_path / "subnet.yaml"
+    shutil.copy(copy.out / "search" / "best_subnet.yaml", subnet)
+    use = ("--set", f"retrain.subnet={subnet}")
+    on_steps(monkeypatch, {1: die})
+    with pytest.raises(Killed):
+        copy.go("retrain", *use)
+    monkeypatch.undo()
+    assert record(copy.out / "retrain")["upstream"][str(subnet)] == file_sha256(subnet)
+    subnet.write_text(subnet.read_text() + "# edited\n")
+    with pytest.raises(UserError, match=r"subnet.yaml changed since this retrain run started \(made again, or edited\)"):
+        copy.go("retrain", *use, "--resume")
+    # searched for another task on another supernet: retrained here from this run's supernet, with a note
+    content = yaml.safe_load(subnet.read_text())
+    content["lineage"]["experiment"]["data.task"] = "svhn"
+    content["lineage"]["upstream"] = {"supernet/supernet.safetensors": "0" * 64}
+    subnet.write_text(yaml.safe_dump(content))
+    copy.go("retrain", *use)
+    assert "was made for another experiment (data.task ('svhn' → 'digits')" in (copy.out / "retrain" / "log.txt").read_text()
+    assert (copy.out / "retrain" / "merged.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------------- integrity
