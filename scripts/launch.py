@@ -40,12 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.registry import GROUPS, TASKS  # noqa: E402
-from engine import identity  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.method import STAGE_SCRIPTS, stages  # noqa: E402
 from engine.status import STOPPED as STOPPED_RESUMABLE  # noqa: E402
 from glora.errors import UserError  # noqa: E402
-from glora.io import load_yaml  # noqa: E402
 
 # A stage that exits with STOPPED_RESUMABLE stopped at a checkpoint on request and continues with
 # --resume (EX_TEMPFAIL of sysexits.h); any other non-zero status fails the cell.
@@ -91,18 +89,7 @@ class Cell(submitit.helpers.Checkpointable):
         return all(self.complete(s) for s in self.stages)
 
     def complete(self, stage: StageSpec) -> bool:
-        """Its run finished, with the settings the cell has now (else its --resume says what changed)."""
-        folder = self.folder / stage.name
-        if not (folder / stage.done).is_file():
-            return False
-        if not (folder / identity.RECORD).is_file():  # made by hand or an older version: nothing to compare
-            return True
-        try:
-            record = load_yaml(folder / identity.RECORD)
-            cfg = load_config(self.configs, self.overrides)
-            return not identity.resume_differences(record, cfg, record["data"], identity.USES[stage.name])
-        except (UserError, KeyError, TypeError):  # a damaged record: the stage says what is wrong
-            return False
+        return (self.folder / stage.name / stage.done).is_file()
 
     def command(self, stage: StageSpec) -> list[str]:
         cmd = [self.python]

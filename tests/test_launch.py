@@ -105,21 +105,6 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert line == f"bad: failed in broken (exit 3): error: the fake stage failed; fix it [log: {failing.log}]"
 
 
-def test_a_complete_stage_with_other_settings_now_is_resumed_so_that_it_names_them(tmp_path):
-    from engine.config import load_config
-
-    cell = fake_cell(tmp_path, fake_stage(tmp_path, "supernet", "ok"))
-    assert cell() == {"status": "done"}
-    record = {"run": "r", "config": load_config(None, cell.overrides), "data": {}, "upstream": {}}
-    (cell.folder / "supernet" / "run.yaml").write_text(yaml.safe_dump(record))
-    assert cell.done()
-    cell.overrides.append("train.eval_every=7")  # free to change: still complete
-    assert cell.done()
-    cell.overrides.append("train.epochs=3")  # not: the stage's --resume refuses, naming it
-    assert not cell.done() and cell() == {"status": "done"}
-    assert calls(cell, "supernet") == ["fresh", "resume"]
-
-
 def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_path, monkeypatch, capsys):
     import budgets
 
