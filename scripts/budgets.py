@@ -17,7 +17,7 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
 
-from launch import STAGES, Cell, Parser, method_stages, report  # noqa: E402
+from launch import STAGES, Cell, Parser, mark_stale, method_stages, report  # noqa: E402
 from summarize import write_summary  # noqa: E402
 
 from engine.config import load_config  # noqa: E402
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         cells = sweep_cells(args.config, args.set, args.budgets, args.baselines)
+        mark_stale(cells)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -90,23 +90,13 @@ class Cell(submitit.helpers.Checkpointable):
         self.python, self.cwd = sys.executable, os.getcwd()
         self.log = folder / "launch.log"  # every stage's console output
         self._running = None  # (process, exited event) of the stage running now
+        self.stale: set[str] = set()  # finished stages made with other settings (see mark_stale)
 
     def done(self) -> bool:
         return all(self.complete(s) for s in self.stages)
 
     def complete(self, stage: StageSpec) -> bool:
-        """Its run finished, with the settings the cell has now (else its --resume says what changed)."""
-        folder = self.folder / stage.name
-        if not (folder / stage.done).is_file():
-            return False
-        if not (folder / identity.RECORD).is_file():  # made by hand or an older version: nothing to compare
-            return True
-        try:
-            record = load_yaml(folder / identity.RECORD)
-            cfg = load_config(self.configs, self.overrides)
-            return not identity.resume_differences(record, cfg, record["data"], identity.USES[stage.name])
-        except (UserError, KeyError, TypeError):  # a damaged record: the stage says what is wrong
-            return False
+        return stage.name not in self.stale and (self.folder / stage.name / stage.done).is_file()
 
     def command(self, stage: StageSpec) -> list[str]:
         cmd = [self.python]
@@ -446,6 +436,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def mark_stale(cells: list[Cell]) -> None:
+    """Mark each finished stage whose run (its run.yaml) was made with other settings than its cell
+    has now: it is not complete, so the cell runs it with --resume, which refuses naming the keys
+    that changed, instead of the old result passing for the new one. Runs in the launcher: the
+    jobs, which unpickle a Cell without the launcher's imports, only read `stale`."""
+    for cell in cells:
+        cfg = None
+        for stage in cell.stages:
+            folder = cell.folder / stage.name
+            if not (folder / stage.done).is_file() or not (folder / identity.RECORD).is_file():
+                continue  # not finished, or made by hand or an older version: nothing to compare
+            try:
+                cfg = cfg or load_config(cell.configs, cell.overrides)
+                record = load_yaml(folder / identity.RECORD)
+                stale = bool(identity.resume_differences(record, cfg, record["data"], identity.USES[stage.name]))
+            except (UserError, KeyError, TypeError):  # a damaged record: the stage's resume says what is wrong
+                stale = True
+            if stale:
+                cell.stale.add(stage.name)
+
+
 def launch(args: argparse.Namespace) -> int:
     grid = load_grid(args)
     if args.executor == "slurm":
@@ -457,6 +468,7 @@ def launch(args: argparse.Namespace) -> int:
         slots = local_slots(gpus, args.gpus_per_job, args.slots)
         threads = args.cpus_per_job or max(1, (os.cpu_count() or 1) // len(slots))
     cells = make_cells(grid, args.gpus_per_job, threads)
+    mark_stale(cells)
     todo = [c for c in cells if not c.done()]
     running = on_slurm(todo)
     todo = [c for c in todo if c.name not in running]

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY
 from data import TASKS, build_demo
+from engine import identity
+from engine.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "scripts" / "launch.py"
@@ -105,19 +107,28 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert line == f"bad: failed in broken (exit 3): error: the fake stage failed; fix it [log: {failing.log}]"
 
 
-def test_a_complete_stage_with_other_settings_now_is_resumed_so_that_it_names_them(tmp_path):
-    from engine.config import load_config
+def test_a_finished_stage_made_with_other_settings_is_not_complete(tmp_path):
+    """A relaunch with changed settings must not report the old result as done: the stage runs
+    again with --resume, which refuses naming the keys."""
+    out, experiment = tmp_path / "cell", [str(ROOT / "configs" / "demo.yaml")]
 
-    cell = fake_cell(tmp_path, fake_stage(tmp_path, "supernet", "ok"))
-    assert cell() == {"status": "done"}
-    record = {"run": "r", "config": load_config(None, cell.overrides), "data": {}, "upstream": {}}
-    (cell.folder / "supernet" / "run.yaml").write_text(yaml.safe_dump(record))
-    assert cell.done()
-    cell.overrides.append("train.eval_every=7")  # free to change: still complete
-    assert cell.done()
-    cell.overrides.append("train.epochs=3")  # not: the stage's --resume refuses, naming it
-    assert not cell.done() and cell() == {"status": "done"}
-    assert calls(cell, "supernet") == ["fresh", "resume"]
+    def cell(epochs):
+        return launch.Cell("c", out, experiment, [f"output={out}", f"retrain.epochs={epochs}"], stages=launch.STAGES[2:])
+
+    folder = out / "retrain"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text("{}")
+    record = {"run": "r", "config": load_config(experiment, [f"output={out}", "retrain.epochs=3"]),
+              "data": {"num_classes": 10, "fingerprint": "f"}, "upstream": {}}
+    (folder / identity.RECORD).write_text(yaml.safe_dump(record))
+    same, other = cell(3), cell(4)
+    launch.mark_stale([same, other])
+    assert same.done() and not other.done() and other.stale == {"retrain"}
+    assert "--resume" in other.command(launch.STAGES[2])
+    (folder / identity.RECORD).write_text("[damaged")
+    damaged = cell(3)
+    launch.mark_stale([damaged])
+    assert not damaged.done()
 
 
 def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_path, monkeypatch, capsys):
