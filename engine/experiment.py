@@ -11,6 +11,7 @@ from torch import nn
 
 from data import load_split
 from data.layout import Layout, layout_of
+from data.lists import list_file
 from data.registry import DG_TASKS
 from data.vtab import SplitData, load_test_set, read_test_set
 
@@ -141,8 +142,13 @@ def test_on_sets(cfg: dict, merged: nn.Module, test_sets: dict, device: torch.de
 
 
 def benchmark_labels(cfg: dict) -> dict:
-    """What a results file says of its data beyond the task: the benchmark, and K and S of a K-shot list."""
+    """What a results file says of its data beyond the task: the benchmark, K and S of a K-shot
+    list, and whether the selection list is the test list (a copy without a held-out list: then
+    the search and the supernet's validation select on test, and its accuracy is test-selected)."""
     d = cfg["data"]
     shot = d["benchmark"] != "vtab"
+    lists = layout(cfg)
+    selection, test = (list_file(d["root"], d["task"], s, lists).path for s in ("val200", "test"))
     return {"benchmark": d["benchmark"], "shots": d["shots"] if shot else None,
-            "shot_seed": (cfg["seed"] if d["shot_seed"] is None else d["shot_seed"]) if shot else None}
+            "shot_seed": (cfg["seed"] if d["shot_seed"] is None else d["shot_seed"]) if shot else None,
+            "selection_is_test": selection == test}

@@ -19,6 +19,7 @@ from data.layout import Layout
 from data.prepare import prepare_vtab, verify_vtab
 from data.registry import DG_TASKS, FEWSHOT_TASKS, TASKS, published
 from engine.config import load_config
+from engine.experiment import benchmark_labels
 from engine.method import check
 from engine.validate import validate_config
 from glora.errors import UserError
@@ -79,6 +80,9 @@ def test_dg_layout_selects_on_the_held_out_list_and_tests_on_imagenet_val(tmp_pa
     build_dg(tmp_path / "plain", shots=2, held_out=False)
     lists = read_task(tmp_path / "plain", "imagenet", layout=Layout("dg", 2, 0))
     assert any("test-selected" in n for n in lists.notes)  # selection on the test list is said, not hidden
+    for root, held_out in ((tmp_path, True), (tmp_path / "plain", False)):  # and results.json says it too
+        cfg = load_config(None, [f"data.root={root}", "data.task=imagenet", "data.benchmark=dg", "data.shots=2"])
+        assert benchmark_labels(cfg)["selection_is_test"] is not held_out
 
 
 def test_restricted_evaluation_scores_the_classes_present_alone():
