@@ -140,7 +140,7 @@ def current_subnet(model: nn.Module) -> Subnet:
 
 
 def subnet_params(model: nn.Module, subnet: Mapping[str, LayerConfig]) -> int:
-    """Adapter parameters of a subnet by the closed-form count (DESIGN.md §2)."""
+    """Adapter parameters of a subnet by the closed-form count (glora/layer.py's docstring)."""
     layers = glora_layers(model)
     check_names(layers, subnet)
     return sum(l.space.count(l.space.validate(subnet[n], l.has_bias, where=n), l.in_features, l.out_features)

@@ -2,8 +2,37 @@
 
     y = x (W + W⊙A + B)ᵀ + b + b⊙D + E + (W·C)ᵀ
 
-W, b are the frozen pretrained weights. A, B, C, D, E are carved out of shared storage
-(Ad Au Bd Bu Cd Cu D E) according to the layer's config; see DESIGN.md §2.
+W (out × in) and b (out) are the frozen pretrained weights, ⊙ the element-wise product with
+broadcasting. The five support tensors and their choices (r: a configured LoRA rank):
+
+    A  scales the weight   lora_r (out×in, rank r), vector (out×1), scalar (1×1), none
+    B  shifts the weight   lora_r (out×in, rank r), vector (out×1), scalar (1×1), none
+    C  prompt through W    lora_r (in×1, rank r),   vector (in×1),                none
+    D  scales the bias     vector (out),            scalar (1),                   none
+    E  shifts the bias     vector (out),            scalar (1),                   none
+
+A layer without bias takes none of C, D, E (they would add a bias the plain layer lacks).
+
+Shared storage (the supernet's weight sharing), R the largest rank:
+
+    Ad (out,R)  Au (R,in)  Bd (out,R)  Bu (R,in)  Cd (in,R)  Cu (R,1)  D (out)  E (out)
+
+A choice is carved out of it: lora_k -> Xd[:, :k] @ Xu[:k, :], vector -> Xd[:, :1], scalar ->
+Xd[0, 0]; for D and E, vector -> the whole vector, scalar -> its first element. Every *d, D and E
+start at zero and every *u Xavier-uniform, so an untrained layer is the pretrained one. These
+names and shapes are the on-disk format of supernet checkpoints (as in the authors' release).
+
+Parameters of a config (what a budget counts): A or B: lora_k -> k·(in+out), vector -> out,
+scalar -> 1; C: lora_k -> k·(in+1), vector -> in; D or E: vector -> out, scalar -> 1; none -> 0.
+
+For a fixed config the layer is a plain linear layer with
+
+    W' = W + W⊙A + B        b' = b + b⊙D + E + W·C
+
+every W on the right the frozen pretrained weight (the merge, glora/merge.py). The forward
+computes by structure: only A = lora_k builds the dense matrix; A vector/scalar scales x Wᵀ,
+B = lora_k is the LoRA path (x Buᵀ) Bdᵀ, B vector/scalar adds sum(x) times it, and C, D, E fold into
+the bias.
 """
 from __future__ import annotations
 
@@ -16,7 +45,7 @@ from torch import Tensor, nn
 
 from .space import TENSORS, LayerConfig, SearchSpace, parse_choice
 
-# The shared storage of every adapted layer; also its names in checkpoints (DESIGN.md §2).
+# The shared storage of every adapted layer; also its names in checkpoints (see the module docstring).
 STORAGE = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
 
 

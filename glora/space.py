@@ -29,7 +29,7 @@ def parse_choice(choice: str) -> tuple[str, int]:
 
 
 def choice_params(tensor: str, choice: str, in_features: int, out_features: int) -> int:
-    """Trainable elements of one support tensor choice (DESIGN.md §2)."""
+    """Trainable elements of one support tensor choice (the counts in glora/layer.py's docstring)."""
     kind, rank = parse_choice(choice)
     if kind == "none":
         return 0

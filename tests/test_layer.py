@@ -11,7 +11,7 @@ from glora.space import TENSORS
 
 
 def paper_equation(W, b, P, cfg):
-    """y-parameters straight from DESIGN.md §2, written without the layer's helpers."""
+    """y-parameters straight from the equations in glora/layer.py's docstring, written without the layer's helpers."""
     out_f, in_f = W.shape
 
     def carve(d, u, choice, n_rows):
