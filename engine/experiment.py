@@ -56,13 +56,15 @@ def load_data(cfg: dict, split: str) -> SplitData:
     if not d["task"]:
         raise UserError("data.task is not set: use a task config (configs/vtab/<task>.yaml) or --set data.task=NAME")
 
-    def load():
-        return load_split(d["root"], d["task"], split, num_classes=d["num_classes"], img_size=d["img_size"],
-                          interpolation=d["interpolation"], cache=d["cache"], cache_dir=d["cache_dir"],
-                          layout=layout(cfg))
+    return _decoded(cfg, lambda: load_split(d["root"], d["task"], split, num_classes=d["num_classes"],
+                                            img_size=d["img_size"], interpolation=d["interpolation"],
+                                            cache=d["cache"], cache_dir=d["cache_dir"], layout=layout(cfg)))
 
-    # Under torchrun rank 0 decodes the split into the cache first; then the others read it.
-    return distributed.rank0_first(load) if d["cache"] else load()
+
+def _decoded(cfg: dict, load):
+    """`load()`; with the decode cache under torchrun, rank 0 decodes into the cache first and the
+    others then read it."""
+    return distributed.rank0_first(load) if cfg["data"]["cache"] else load()
 
 
 def check_test_sets(cfg: dict, num_classes: int) -> None:
@@ -79,7 +81,7 @@ def load_test_sets(cfg: dict, num_classes: int) -> dict[str, SplitData]:
         return lambda: load_test_set(d["root"], task, num_classes, img_size=d["img_size"], interpolation=d["interpolation"],
                                      cache=d["cache"], cache_dir=d["cache_dir"])
 
-    return {t: distributed.rank0_first(load(t)) if d["cache"] else load(t)() for t in d["test_sets"]}
+    return {t: _decoded(cfg, load(t)) for t in d["test_sets"]}
 
 
 def train_loader(cfg: dict, split: SplitData, device: torch.device):
@@ -150,5 +152,4 @@ def benchmark_labels(cfg: dict) -> dict:
     lists = layout(cfg)
     selection, test = (list_file(d["root"], d["task"], s, lists).path for s in ("val200", "test"))
     return {"benchmark": d["benchmark"], "shots": d["shots"] if shot else None,
-            "shot_seed": (cfg["seed"] if d["shot_seed"] is None else d["shot_seed"]) if shot else None,
-            "selection_is_test": selection == test}
+            "shot_seed": lists.shot_seed if shot else None, "selection_is_test": selection == test}
