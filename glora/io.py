@@ -1,11 +1,14 @@
 """Atomic file writes and the small readers/writers every stage uses (safetensors, YAML, JSON, torch)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,10 +85,10 @@ def save_yaml(path, data: Any) -> Path:
 
 
 def load_yaml(path) -> Any:
-    import yaml
-
+    """A YAML file's content; an unreadable file, invalid YAML or a key given twice in one mapping
+    is a UserError naming the file and the line."""
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -94,8 +97,51 @@ def load_yaml(path) -> Any:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text read as configs are: floats as YAML 1.2 reads them (`1e-4` is a number, not a
+    string), and a key given twice in one mapping refused (YAML would keep the last silently)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())
+    except _GivenTwice as e:
+        raise UserError(f"{where}: line {e.line}: {e.key!r} is given twice in one mapping (first on line {e.first}): "
+                        "YAML would keep the last silently; keep one") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = "; ".join(str(p) for p in (e.problem, e.context) if p)
+        raise UserError(f"{where}: invalid YAML at {at}{what}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{where}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
+class _GivenTwice(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+@functools.lru_cache(maxsize=None)
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, Hashable) and key in seen:
+                    raise _GivenTwice(key, key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
 
 
 def save_json(path, data: Any) -> Path:

@@ -24,7 +24,7 @@ from engine.method import check
 from engine.validate import validate_config
 from glora.errors import UserError
 from noah import build_dg, build_fewshot
-from search.score import count_correct
+from glora.accuracy import count_correct
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,8 @@ from engine.run import execute, parse_args
 from engine.status import STOPPED, USER_ERROR
 from glora.errors import UserError
 from glora.io import file_sha256
-from test_stages import Killed, cli, run, stage, write_config
+from conftest import STAGE_OF, stage
+from test_stages import Killed, cli, run, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -57,7 +58,8 @@ def copy(reference, tmp_path):
     where = ["--set", f"output={out}"]
     return SimpleNamespace(out=out, config=reference.config, where=where,
                            go=lambda name, *args: run(name, reference.config, *where, *args),
-                           status=lambda name, *args: execute(stage(name).main, parse_args([str(reference.config), *where, *args])))
+                           status=lambda name, *args: execute(STAGE_OF[name], stage(name).main,
+                                                              parse_args([str(reference.config), *where, *args])))
 
 
 def record(folder):
