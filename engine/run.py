@@ -147,7 +147,8 @@ class Stage:
         self.upstream_digests: dict[str, str] = {}
         self._lineages: dict[str, dict] = {}
         self.resume, self.record = self._open_run(args.resume)
-        self.inputs = {u.rel: self._upstream(u) for u in method.upstream_files(self.cfg, self.name)}
+        for upstream in method.upstream_files(self.cfg, self.name):
+            self._upstream(upstream)
         self.already_finished = self._finished_before()
         if not self.already_finished:
             log.info("%s: output %s, device %s%s", self.name, self.dir, self.device,
@@ -202,7 +203,7 @@ class Stage:
                      "why)", "; ".join(changes))
         return True, record
 
-    def _upstream(self, up: method.Upstream) -> Path:
+    def _upstream(self, up: method.Upstream) -> None:
         """The upstream file `<output>/<rel>` (or `rel` itself where absolute) this stage reads, checked: it
         exists (else `missing` says how to make it), it was made for this experiment and data, it agrees
         with the other upstream files (made from the same ones), and on --resume it is the file the run
@@ -233,7 +234,6 @@ class Stage:
             raise UserError(f"{path} changed since this {self.name} run started (made again, or edited): run without "
                             "--resume to start afresh from it (the old run moves to previous/)")
         self.upstream_digests[rel] = digest
-        return path
 
     def _finished_before(self) -> bool:
         """A resumed run that finished: done, if its outputs are as it wrote them (nothing is written);
@@ -248,6 +248,8 @@ class Stage:
             log.info("note: run %s finished, but %s changed or went missing since: its outputs are written again "
                      "from its last checkpoint", self.run, ", ".join(changed))
             return False
+        if self.main:
+            self.folder.clean()  # what killed writes left (never an output)
         log.info("%s: run %s already finished (%s) and its outputs are intact: nothing to do (to run it again, "
                  "leave out --resume)", self.name, self.run, self.record["finished"])
         return True

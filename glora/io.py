@@ -47,10 +47,25 @@ def write_bytes(path, data: bytes) -> Path:
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """A safetensors file whose bytes depend on its content alone (see `_canonical`)."""
     # Serialized in memory and written by Python, so that a full disk is an OSError (safetensors'
     # own writer reports it as a SafetensorError).
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return write_bytes(path, save(tensors, metadata=metadata))
+    return write_bytes(path, _canonical(save(tensors, metadata=metadata)))
+
+
+def _canonical(serialized: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one order: safetensors writes the metadata
+    in hash order, which changes from process to process, so equal content gave other bytes (and
+    another SHA-256, which lineage reads as another file). The data section is left as it is."""
+    n = int.from_bytes(serialized[:8], "little")
+    header = json.loads(serialized[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}),
+               **dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]))}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the header is padded to 8 bytes, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + serialized[8 + n:]
 
 
 def load_tensors(path, device: str = "cpu") -> dict[str, torch.Tensor]:

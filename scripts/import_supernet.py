@@ -12,12 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import timm  # noqa: E402
+import timm
 
-from glora import UserError, save_adapters  # noqa: E402
-from engine.experiment import build_model  # noqa: E402
-from engine.run import Stage, execute  # noqa: E402
-from glora.merge import adapter_state  # noqa: E402
+from glora import UserError, save_adapters
+from engine.experiment import build_model
+from engine.run import Stage, execute
+from glora.merge import adapter_state
 
 
 def import_supernet(stage: Stage, checkpoint: str) -> Path:

@@ -2,7 +2,6 @@
 prepared from an archive and verified task by task, restricted-class evaluation, and the config
 rules of `protocol` and `retrain.epochs: 0`."""
 import io
-import json
 import subprocess
 import sys
 import tarfile

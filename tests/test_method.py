@@ -11,7 +11,7 @@ from conftest import TINY, tiny_vit
 from engine import method
 from engine.config import load_config, validate_config
 from engine.experiment import build_model
-from glora import SearchSpace, UserError, compact_subnet, inject_glora, mark_trainable, save_adapters, set_subnet
+from glora import SearchSpace, UserError, inject_glora, save_adapters
 from glora.inject import head_names, uniform_subnet
 from glora.merge import load_adapters
 from glora.model import count_params
