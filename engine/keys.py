@@ -133,7 +133,10 @@ SUBNET = Rule(lambda v: isinstance(v, str) and (v in SUBNETS or Path(v).suffix i
 def _space_served(theirs: dict, ours: dict) -> tuple[list[str], list[str]]:
     """glora.space of an upstream file (there) and of the stage reading it (here), each with its
     glora.ranks: a space within the file's is served (a note); a choice beyond it never trained there."""
-    there, here = (SearchSpace(side["glora.ranks"], side["glora.space"]).choices for side in (theirs, ours))
+    try:
+        there, here = (SearchSpace(side["glora.ranks"], side["glora.space"]).choices for side in (theirs, ours))
+    except (ValueError, TypeError) as e:  # a file written by hand, or damaged
+        return [f"glora.space (unreadable: {e})"], []
     untrained = {t: [c for c in cs if c not in there[t]] for t, cs in here.items()}
     unused = {t: [c for c in cs if c not in here[t]] for t, cs in there.items()}
     if any(untrained.values()):

@@ -189,7 +189,7 @@ class Stage:
         record = load_yaml(path)
         if not isinstance(record, dict) or not {"run", "config", "data", "upstream"} <= set(record):
             raise UserError(f"{path}: damaged run record; run without --resume to start afresh")
-        if record.get("imported_from"):
+        if record.get("imported_from") and not record.get("finished"):
             raise UserError(f"{self.dir}: its supernet was imported from {record['imported_from']}, not trained here: "
                             "nothing to resume; run without --resume to train one (the import moves to previous/)")
         diffs = identity.resume_differences(record, self.cfg, self.data, identity.USES[self.name])
@@ -244,6 +244,10 @@ class Stage:
         changed = [] if written is None else [
             rel for rel, digest in written.items()
             if not (self.dir / rel).is_file() or file_sha256(self.dir / rel) != digest]
+        if changed and self.record.get("imported_from"):
+            raise UserError(f"{self.dir}: its supernet was imported from {self.record['imported_from']}, and "
+                            f"{', '.join(changed)} changed or went missing since: import it again (or train one: "
+                            "without --resume)")
         if changed:
             log.info("note: run %s finished, but %s changed or went missing since: its outputs are written again "
                      "from its last checkpoint", self.run, ", ".join(changed))

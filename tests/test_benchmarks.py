@@ -17,13 +17,12 @@ from data.checks import check_task_lists, read_task
 from data.layout import Layout
 from data.prepare import prepare_vtab, verify_vtab
 from data.registry import DG_TASKS, FEWSHOT_TASKS, TASKS, published
-from engine.config import load_config
+from engine.config import load_config, validate_config
 from engine.experiment import benchmark_labels
 from engine.method import check
-from engine.validate import validate_config
+from glora.accuracy import count_correct
 from glora.errors import UserError
 from noah import build_dg, build_fewshot
-from glora.accuracy import count_correct
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -265,6 +265,9 @@ def test_import_a_supernet_state_dict_from_elsewhere(config, tmp_path):
     imported = load_file(out / "supernet" / "supernet.safetensors")
     assert imported.keys() == supernet.keys() and all(torch.equal(imported[k], supernet[k]) for k in supernet)
     run("search", config, "--set", f"output={out}")  # the search takes it as its own
+    before = (out / "supernet" / "supernet.safetensors").read_bytes()
+    run("train", config, "--set", f"output={out}", "--resume")  # an import is finished: nothing to resume
+    assert (out / "supernet" / "supernet.safetensors").read_bytes() == before
     assert (out / "search" / "best_subnet.yaml").is_file()
     r = cli(ROOT / "scripts" / "import_supernet.py", config, tmp_path / "release.pth", "--set", "glora.ranks=[8]",
             "--set", f"output={tmp_path / 'other'}")
