@@ -2,35 +2,26 @@
 best subnet within the parameter budget.
 
 Under torchrun every rank scores its share of each generation and rank 0 writes every file."""
-import json
-import time
-from pathlib import Path
-
-from tqdm import tqdm
-
 from engine import distributed, method, protocol
-from engine.checkpoint import latest_state, save_checkpoint
 from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
-from engine.run import Stage, cli, log
-from engine.stop import Stopped
+from engine.run import cli, log
+from engine.searcher import Searcher
 from glora import load_adapters, save_subnet
-from glora.io import atomic_write, save_json
+from glora.io import save_json
 from search.evolution import CandidateSpace, EvolutionSearch
 from search.score import MergedScorer
 
 
-def main(args):
-    stage = Stage("search", args)
+def main(stage):
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
-    supernet_file = stage.upstream(method.supernet_rel(cfg), "no trained supernet; run train.py with this config first")
     scored_on = protocol.split(cfg, "search")
     if scored_on == "test":
         log.warning("protocol %s: every candidate is scored on the test split; the accuracy this search selects "
                     "is test-selected", cfg["protocol"])
     val = load_data(cfg, scored_on)
     model = build_model(cfg, val.num_classes).to(device)
-    load_adapters(model, supernet_file)
+    load_adapters(model, method.supernet_file(cfg))
     model.eval()
 
     space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
@@ -40,39 +31,16 @@ def main(args):
                           crossovers=s["crossovers"], seed=cfg["seed"], early_stop=s["early_stop"],
                           rank=distributed.rank(), world_size=distributed.world_size(), gather=distributed.all_gather)
 
-    ckpt, log_file = stage.dir / "checkpoint", stage.dir / "candidates.jsonl"
-    seconds = 0.0
-    state = latest_state(ckpt, stage.run) if stage.resume else None
-    if state is not None:
-        evo.load_state(state["evolution"])
-        seconds = float(state["seconds"])
-        log.info("resumed from the checkpoint of run %s after generation %d (%d candidates scored)", stage.run,
-                 evo.generation, len(evo.records))
-    elif stage.resume:
-        log.info("no checkpoint of this run in %s yet: it starts from generation 0", ckpt)
-    stage.begin(evo.generation)
+    searcher = Searcher(stage, evo)
+    with stage.begin(searcher.start()):
+        searcher.fit()
+        if stage.main:
+            write_results(stage, evo, space, scored_on, searcher.seconds)
 
-    bar = tqdm(range(evo.generation, s["generations"]), desc="search", initial=evo.generation,
-               total=s["generations"], disable=not stage.main)
-    for _ in bar:
-        start = time.perf_counter()
-        records = evo.step()
-        seconds += time.perf_counter() - start
-        for tag, value in evo.scalars(records).items():
-            stage.writer.add_scalar(tag, value, evo.generation)
-        stage.writer.flush()  # every checkpointed generation has its curves on disk
-        best = evo.best()
-        bar.set_postfix(best=f"{best.acc1:.2f}", params=f"{best.params / 1e6:.3f}M")
-        if stage.main:  # the candidate log is rewritten whole, so a resumed run never repeats a line
-            lines = "".join(json.dumps(r.log_line()) + "\n" for r in evo.records.values())
-            atomic_write(log_file, lambda tmp: Path(tmp).write_text(lines))
-            save_checkpoint(ckpt, stage.run, {"evolution": evo.state(), "seconds": seconds})
-        if stage.stop.requested():  # under torchrun every rank asks: all stop after the same generation
-            raise Stopped(f"{stage.stop.received or 'a signal to another rank'} after generation {evo.generation} "
-                          f"of {s['generations']} (checkpoint written)")
-    if not stage.main:
-        return stage.close()
 
+def write_results(stage, evo, space, scored_on, seconds):
+    """best_subnet.yaml (what the retrain reads), the figures and summary.json."""
+    cfg, s = stage.cfg, stage.cfg["search"]
     best = evo.best()
     acc_key = "test_acc1" if scored_on == "test" else "val_acc1"
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
@@ -84,15 +52,15 @@ def main(args):
     draw_search(stage.dir, [vars(r) for r in records if not r.pruned], vars(best), s["budget"], space.subnet(best.key),
                 stage.writer, evo.generation)
     save_json(stage.dir / "summary.json", {
-        f"best_{acc_key}": best.acc1, "scored_on": scored_on, **protocol.describe(cfg), "best_params": best.params, "candidates_scored": len(records),
-        "candidates_pruned": sum(r.pruned for r in records), "images_forwarded": sum(r.images or 0 for r in records),
-        "generations": evo.generation, "search_seconds": seconds, "processes": distributed.world_size(),
-        "best_subnet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
+        f"best_{acc_key}": best.acc1, "scored_on": scored_on, **protocol.describe(cfg), "best_params": best.params,
+        "candidates_scored": len(records), "candidates_pruned": sum(r.pruned for r in records),
+        "images_forwarded": sum(r.images or 0 for r in records), "generations": evo.generation,
+        "search_seconds": seconds, "processes": distributed.world_size(), "best_subnet": str(path),
+        "peak_memory_mb": stage.peak_memory_mb(),
     })
     log.info("best subnet: %s acc1 %.2f%s with %d adapter parameters -> %s", scored_on, best.acc1,
              " (test-selected)" if scored_on == "test" else "", best.params, path)
-    stage.close()
 
 
 if __name__ == "__main__":
-    cli(main, __doc__)
+    cli("search", main, __doc__)

@@ -6,7 +6,7 @@ import time
 from engine import method, protocol
 from engine.experiment import build_model, eval_loader, load_data, train_loader
 from engine.loops import evaluate
-from engine.run import Stage, cli, log
+from engine.run import cli, log
 from engine.trainer import Trainer
 from glora import sample_subnet, save_adapters, set_subnet
 from glora.inject import head_params
@@ -14,10 +14,9 @@ from glora.io import save_json
 from glora.model import count_params
 
 
-def main(args):
-    stage = Stage("supernet", args)
-    method.check_trains_supernet(stage.cfg)
+def main(stage):
     cfg, device = stage.cfg, stage.device
+    method.check_trains_supernet(cfg)
     train = load_data(cfg, protocol.split(cfg, "supernet"))
     val = eval_loader(cfg, load_data(cfg, protocol.split(cfg, "supernet_val")), device)
     sampler = random.Random(cfg["seed"])  # every sampled subnet comes from here
@@ -39,22 +38,21 @@ def main(args):
 
     trainer = Trainer(stage, model, train_loader(cfg, train, device), "train", validate,
                       cfg["train"]["eval_every"], sampler, cfg["train"]["amp"])
-    trainer.start()
-    start = time.perf_counter()
-    metrics = trainer.fit()
-    if not stage.main:
-        return stage.close()
-    path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs,
-                                                                          "lineage": stage.lineage()})
-    save_json(stage.dir / "summary.json", {
-        "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
-        "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
-        "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
-        "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg),
-    })
-    log.info("supernet written to %s", path)
-    stage.close()
+    with stage.begin(trainer.start()):
+        start = time.perf_counter()
+        metrics = trainer.fit()
+        if not stage.main:
+            return
+        path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs,
+                                                                              "lineage": stage.lineage()})
+        save_json(stage.dir / "summary.json", {
+            "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
+            "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
+            "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
+            "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg),
+        })
+        log.info("supernet written to %s", path)
 
 
 if __name__ == "__main__":
-    cli(main, __doc__)
+    cli("supernet", main, __doc__)

@@ -10,7 +10,7 @@ import copy
 import torch
 
 from glora import glora_layers, merge_glora, set_subnet
-from engine.loops import autocast
+from glora.accuracy import autocast
 
 from . import variants as V
 from .report import FASTER, SAME, row

@@ -1,26 +1,25 @@
-"""Experiment config: defaults.yaml, then the experiment's YAML file(s), then `--set key=value` overrides."""
+"""Experiment config: the declared defaults (engine/keys.py), then the experiment's YAML file(s),
+then `--set key=value` overrides; every value checked against its key's rule."""
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
-import yaml
-
 from glora.errors import UserError
-from glora.io import load_yaml, save_yaml
+from glora.io import load_yaml, parse_yaml, save_yaml
 
+from . import keys
+
+# The declaration's defaults as a readable file (written by `python -m engine.keys --write`; a test
+# holds it to the declaration). Configs are loaded over the declaration itself.
 DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
-# Mappings merged key by key (null empties them): timm's kwargs take any key; the space and the
-# uniform layer config are checked where they are used (glora.space names the valid choices).
-FREE_FORM = {"model.kwargs", "glora.space", "retrain.uniform"}
-ANY_TYPE = {"model.pretrained"}  # false, a hub tag or a path
 
 
 def load_config(paths: Union[str, Sequence[str], None] = None, overrides: Iterable[str] = ()) -> dict:
     """The resolved config of one experiment (a nested dict); several files apply in order,
     e.g. a task's config, then a method preset (configs/methods/NAME.yaml)."""
-    cfg = load_yaml(DEFAULTS)
+    cfg = keys.defaults()
     for path in [paths] if isinstance(paths, (str, Path)) else paths or []:
         user = load_yaml(path) or {}
         if not isinstance(user, dict):
@@ -28,16 +27,36 @@ def load_config(paths: Union[str, Sequence[str], None] = None, overrides: Iterab
         _merge(cfg, user, str(path), prefix="")
     for item in overrides:
         key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set train.epochs=10")
-        _set(cfg, key.strip(), _parse_value(text), where="--set")
+        if not text.strip():
+            raise UserError(f"--set {item!r}: no value after '='; give one (null for none: --set {key}=null)")
+        _set(cfg, key, parse_yaml(text, f"--set {item!r}"), where="--set")
     if cfg["output"] is None and cfg["data"]["task"]:
         cfg["output"] = str(Path("outputs") / str(cfg["data"]["task"]))
     return cfg
 
 
+def validate_config(cfg: dict) -> None:
+    """Raise a UserError naming the first key whose value breaks its rule, and what would fit.
+    data.task comes first: with no task there is no experiment (and output has no default)."""
+    for key in sorted(keys.KEYS.values(), key=lambda k: k.name != "data.task"):
+        value = get(cfg, key.name)
+        if not key.rule.accepts(value):
+            raise UserError(f"{key.name}={value!r}: expected {key.rule.wanted}; fix it in the config or with "
+                            f"--set {key.name}=...")
+
+
 def save_config(cfg: dict, path) -> Path:
     return save_yaml(path, cfg)
+
+
+def get(cfg: dict, name: str) -> Any:
+    """The value of a dotted key, e.g. get(cfg, "train.lr")."""
+    for part in name.split("."):
+        cfg = cfg[part]
+    return cfg
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
@@ -51,43 +70,23 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _parse_value(text: str) -> Any:
-    value = yaml.safe_load(text) if text.strip() else None
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" as a string
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _check_type(old: Any, new: Any, key: str, where: str) -> Any:
-    if old is None or new is None:
-        return new
-    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
-        return float(new)
-    if isinstance(old, bool) != isinstance(new, bool) or (
-        not isinstance(new, type(old)) and not (isinstance(old, (list, str)) and isinstance(new, (list, str)))
-    ):
-        raise UserError(f"{where}: {key} should be a {type(old).__name__} like {old!r}, got {new!r}")
-    return new
-
-
 def _merge(base: dict, new: dict, where: str, prefix: str) -> None:
     for key, value in new.items():
         full = prefix + str(key)
+        declared = keys.KEYS.get(full)
         if key not in base:
-            raise UserError(f"{where}: unknown key {full!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: {sorted(base)}")
-        if full in FREE_FORM:
+            raise UserError(f"{where}: unknown key {full!r}; valid keys{' in ' + prefix[:-1] if prefix else ''}: "
+                            f"{sorted(base)} (python train.py --help-config lists them all)")
+        if declared is not None and declared.mapping:  # merged key by key; null empties it
             if value is not None and not isinstance(value, dict):
                 raise UserError(f"{where}: {full} is a mapping (e.g. {{key: value}}), got {value!r}")
             base[key] = None if value is None else {**(base[key] or {}), **copy.deepcopy(value)}
-        elif isinstance(base[key], dict):
+        elif declared is None:  # a section
             if not isinstance(value, dict):
                 raise UserError(f"{where}: {full} is a section (keys {sorted(base[key])}), got {value!r}")
             _merge(base[key], value, where, full + ".")
         else:
-            base[key] = value if full in ANY_TYPE else _check_type(base[key], value, full, where)
+            base[key] = declared.rule.coerce(value)
 
 
 def _set(cfg: dict, key: str, value: Any, where: str) -> None:

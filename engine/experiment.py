@@ -53,9 +53,6 @@ def layout(cfg: dict) -> Layout:
 def load_data(cfg: dict, split: str) -> SplitData:
     """A split of the run's task, through the decode cache."""
     d = cfg["data"]
-    if not d["task"]:
-        raise UserError("data.task is not set: use a task config (configs/vtab/<task>.yaml) or --set data.task=NAME")
-
     return _decoded(cfg, lambda: load_split(d["root"], d["task"], split, num_classes=d["num_classes"],
                                             img_size=d["img_size"], interpolation=d["interpolation"],
                                             cache=d["cache"], cache_dir=d["cache_dir"], layout=layout(cfg)))

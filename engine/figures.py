@@ -14,13 +14,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed, or used if there is one
 
-from matplotlib import colormaps  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap, to_rgba  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib import colormaps
+from matplotlib.colors import BoundaryNorm, ListedColormap, to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-from glora.io import atomic_write  # noqa: E402
-from glora.space import TENSORS, parse_choice  # noqa: E402
+from glora.io import atomic_write
+from glora.space import TENSORS, parse_choice
 
 
 def save_figure(fig: Figure, path, writer=None, tag: Optional[str] = None, step: int = 0) -> Path:

@@ -18,6 +18,8 @@ from glora.errors import UserError
 
 LOCK = ".lock"
 PREVIOUS = "previous"
+# What a stage keeps besides its outputs: the run record and resolved config, its log, curves and checkpoint.
+BOOKKEEPING = ("run.yaml", "config.yaml", "log.txt", "tb", "checkpoint")
 
 
 def os_error_message(e: OSError) -> str:
@@ -86,6 +88,13 @@ class StageFolder:
         if not self.path.is_dir():
             return []
         return sorted(p for p in self.path.iterdir() if p.name not in (LOCK, PREVIOUS))
+
+    def outputs(self) -> list[Path]:
+        """The files the current run wrote for others to read (all but its bookkeeping and temp files)."""
+        return sorted(p for top in self.contents() if top.name.removesuffix(".new").removesuffix(".old") not in BOOKKEEPING
+                      and not top.name.startswith(".")
+                      for p in ([top] if top.is_file() else top.rglob("*"))
+                      if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")))
 
     def retire(self, name: str) -> Optional[Path]:
         """Move the current contents into `previous/<name>/`; returns that folder (None if empty)."""

@@ -1,8 +1,5 @@
-"""The training and evaluation loops shared by the supernet and the retrain stages.
-
-The top-1 count itself lives in search/score.py, which scores candidates with it (and which may
-not import the harness): one formula for every accuracy the project reports.
-"""
+"""The training and evaluation loops shared by the supernet and the retrain stages (the top-1
+count itself is glora/accuracy.py's, which the search's scoring uses too)."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -11,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from search.score import autocast, count_correct, percent
-
-__all__ = ["autocast", "count_correct", "evaluate", "percent", "train_step"]
+from glora.accuracy import autocast, count_correct, percent
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device,

@@ -10,35 +10,32 @@ from __future__ import annotations
 
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from glora.errors import UserError
 from glora.io import load_yaml
-from glora.inject import Subnet, head_names, uniform_subnet
+from glora.inject import (Subnet, compact_subnet, head_names, mark_trainable, set_subnet, subnet_params,
+                          uniform_subnet)
+from glora.merge import load_adapters
 from glora.space import TENSORS, SearchSpace
 from glora.subnet import load_subnet
 from search.evolution import CandidateSpace
 
 from . import protocol
+from .experiment import build_model
+from .keys import SUBNETS
 
-SUBNETS = ("searched", "uniform", "random")  # or the path of a subnet YAML
-BACKBONES = ("frozen", "bias", "all")
-INITS = ("supernet", "scratch")
 STAGE_SCRIPTS = {"supernet": "train.py", "search": "search.py", "retrain": "retrain.py"}
 
 
 def check(cfg: dict) -> None:
-    """The method's keys are valid and fit together (every stage checks them before any work)."""
+    """The rules that span keys: the method's keys fit together and with the protocol (every stage
+    checks them before any work, after each key's own rule, engine.config.validate_config)."""
     r = cfg["retrain"]
-    for key, valid in (("init", INITS), ("backbone", BACKBONES)):
-        if r[key] not in valid:
-            raise UserError(f"retrain.{key}={r[key]!r}: use one of {', '.join(valid)}")
     subnet = r["subnet"]
-    if not isinstance(subnet, str) or (subnet not in SUBNETS and Path(subnet).suffix not in (".yaml", ".yml")):
-        raise UserError(f"retrain.subnet={subnet!r}: use {', '.join(SUBNETS)}, or the path of a subnet YAML "
-                        "(e.g. another run's search/best_subnet.yaml)")
     try:
         SearchSpace(cfg["glora"]["ranks"], cfg["glora"]["space"])
     except ValueError as e:
@@ -113,19 +110,35 @@ def stages(cfg: dict) -> list[str]:
     return [s for s in upstream_stages(cfg) if not (s == "supernet" and cfg["supernet"])] + ["retrain"]
 
 
-def check_upstream(stage) -> None:
-    """The files the retrain reads exist and were made for this experiment (checked before any
-    work, see engine.run.Stage.upstream), or one line says what makes them."""
-    cfg = stage.cfg
-    r = cfg["retrain"]
+@dataclass(frozen=True)
+class Upstream:
+    """A file a stage reads from an earlier stage: `rel` under the output folder (or absolute),
+    `missing` what makes it; a `transfer` (a subnet file named by retrain.subnet) may come from
+    another experiment (a note says so; the reader checks that it fits the model)."""
+
+    rel: str
+    missing: str
+    transfer: bool = False
+
+
+def upstream_files(cfg: dict, stage: str) -> list[Upstream]:
+    """The upstream files a stage reads, which it checks before any work (engine.run.Stage)."""
+    supernet = Upstream(supernet_rel(cfg), "no trained supernet; run train.py with this config first")
+    if stage == "search":
+        return [supernet]
+    if stage != "retrain":
+        return []
+    r, files = cfg["retrain"], []
     if r["subnet"] == "searched":
-        stage.upstream("search/best_subnet.yaml", "no searched subnet; run search.py with this config first "
-                       "(or set retrain.subnet to uniform, random or a subnet file)")
+        files.append(Upstream("search/best_subnet.yaml", "no searched subnet; run search.py with this config first "
+                              "(or set retrain.subnet to uniform, random or a subnet file)"))
     elif r["subnet"] not in SUBNETS:
-        stage.upstream(str(Path(r["subnet"]).resolve()), f"retrain.subnet={r['subnet']} names no such subnet file",
-                       transfer=True)
+        files.append(Upstream(str(Path(r["subnet"]).resolve()), f"retrain.subnet={r['subnet']} names no such subnet "
+                              "file", transfer=True))
     if r["init"] == "supernet":
-        stage.upstream(supernet_rel(cfg), "no trained supernet to start from; run train.py or set retrain.init=scratch")
+        files.append(Upstream(supernet.rel, "no trained supernet to start from; run train.py or set "
+                              "retrain.init=scratch"))
+    return files
 
 
 def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:
@@ -143,6 +156,38 @@ def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:
         space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
         return space.subnet(space.sample(random.Random(cfg["seed"]))), {"budget": list(s["budget"])}
     return load_subnet(source, model)
+
+
+@dataclass
+class Retrained:
+    """The model the retrain trains, its subnet, what the subnet's source records of it (params,
+    val_acc1, ...) and the parameter counts: the subnet's adapters, the backbone parameters added."""
+
+    model: nn.Module
+    subnet: Subnet
+    source: dict
+    adapter_params: int
+    backbone_params: int
+
+
+def retrain_model(cfg: dict, num_classes: int) -> Retrained:
+    """The method's subnet on the backbone, from the supernet's weights or scratch (retrain.init),
+    compacted (only the subnet's own parameters exist, and train) with the backbone parameters
+    retrain.backbone adds; a subnet file whose parameter count differs is refused."""
+    r = cfg["retrain"]
+    model = build_model(cfg, num_classes)
+    subnet, source = retrain_subnet(cfg, model)
+    if r["init"] == "supernet":
+        load_adapters(model, supernet_file(cfg))
+    set_subnet(model, subnet)
+    compact_subnet(model)
+    mark_trainable(model)
+    backbone_params = train_backbone(model, r["backbone"])
+    adapter_params = subnet_params(model, subnet)
+    if "params" in source and source["params"] != adapter_params:
+        raise UserError(f"retrain.subnet={r['subnet']}: the file says {source['params']} parameters but they count "
+                        f"{adapter_params}; it was searched for another model or other glora settings")
+    return Retrained(model, subnet, source, adapter_params, backbone_params)
 
 
 def train_backbone(model: nn.Module, backbone: str) -> int:

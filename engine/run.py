@@ -3,7 +3,7 @@ its run (lock, identity, resume), logging, device, seeds and stop signals."""
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import logging
 import logging.handlers
 import random
@@ -11,7 +11,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,68 +20,81 @@ from data.checks import check_task_lists
 from glora.errors import UserError
 from glora.io import file_sha256, load_yaml, save_yaml, tuples
 
-from . import distributed, identity, method
-from .config import load_config, save_config
+from . import distributed, identity, keys, method
+from .config import load_config, save_config, validate_config
 from .experiment import layout as experiment_layout
 from .folder import StageFolder, os_error_message
 from .status import OK, STOPPED, USER_ERROR
 from .stop import StopSignals, Stopped
-from .validate import validate_config
 
 log = logging.getLogger("glora")
+
+
+class _HelpConfig(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(keys.help_text())
+        parser.exit()
 
 
 def parse_args(argv: Optional[list[str]] = None, description: Optional[str] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=description,
-        epilog=f"exit status: {OK} done; {USER_ERROR} bad input or a refused resume (one `error:` line says "
-               f"why); {STOPPED} stopped by SIGTERM, SIGUSR1 or SIGINT after a checkpoint: run again with --resume")
+        epilog=f"exit status: {OK} done (or finished before: a resumed finished run changes nothing); "
+               f"{USER_ERROR} bad input or a refused resume (one `error:` line says why); {STOPPED} stopped by "
+               "SIGTERM, SIGUSR1 or SIGINT after a checkpoint: run again with --resume")
     p.add_argument("config", nargs="*", help="experiment YAML(s), applied in order over configs/defaults.yaml "
                    "(e.g. configs/vtab/dtd.yaml configs/methods/lora.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=10 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue this stage's run from its last checkpoint")
+    p.add_argument("--help-config", action=_HelpConfig, nargs=0,
+                   help="list every config key with its default, the stages that use it and its help, and exit")
     return p.parse_args(argv)
 
 
-def cli(main: Callable[[argparse.Namespace], None], description: str) -> None:
-    """Run a stage's `main` and exit with its status (see `execute`)."""
-    sys.exit(execute(main, parse_args(description=description)))
+def cli(name: str, main: Callable[["Stage"], None], description: str) -> None:
+    """Run stage `name` with the command line's arguments and exit with its status (see `execute`)."""
+    sys.exit(execute(name, main, parse_args(description=description)))
 
 
-def execute(main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
-    """Run `main(args)`: 0 when it is done; 2 after one `error:` line (bad input, an OS error on the
-    outputs, a refused resume); 75 when a signal stopped it (one line says how to resume)."""
+def execute(name: str, main: Callable[["Stage"], None], args: argparse.Namespace) -> int:
+    """`run_stage(name, main, args)`: 0 when it is done (or was done before); 2 after one `error:`
+    line (bad input, an OS error on the outputs, a refused resume); 75 when a signal stopped it
+    (one line says how to resume)."""
     try:
-        main(args)
+        run_stage(name, main, args)
         return OK
-    except UserError as e:
-        return _error(str(e))
-    except OSError as e:
-        return _error(os_error_message(e))
-    except distributed.PeerFailed:  # rank 0 has printed the error
-        return USER_ERROR
-    except (Stopped, KeyboardInterrupt) as e:
-        how = str(e) if isinstance(e, Stopped) else "interrupted: stopped at once; the last checkpoint is intact"
-        if distributed.is_main():
-            _say(f"stopped: {how}; to continue, run the same command with --resume ({resume_command()})")
-        return STOPPED
-    finally:
-        Stage.release_all()
+    except _ENDINGS as e:
+        status, line = _outcome(e)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        return status
 
 
-def _error(message: str) -> int:
-    _say(f"error: {message}")
-    return USER_ERROR
+def run_stage(name: str, main: Callable[["Stage"], None], args: argparse.Namespace) -> None:
+    """The one order of a stage: every input is checked (Stage), then `main(stage)` builds what it
+    needs and does its work inside `with stage.begin(...)`, which records the run and, once the
+    block ends, marks it finished; all is released at the end, whatever happens. A finished run
+    resumed with its outputs intact does nothing (and writes nothing)."""
+    with Stage(name, args) as stage:
+        if not stage.already_finished:
+            main(stage)
 
 
-def _say(line: str) -> None:
-    """One line on stderr, and in the stage's log file if it has one."""
-    print(line, file=sys.stderr, flush=True)
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None)
-    for handler in log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+_ENDINGS = (UserError, OSError, distributed.PeerFailed, Stopped, KeyboardInterrupt)  # what a stage may end with
+
+
+def _outcome(e: BaseException) -> tuple[int, Optional[str]]:
+    """The exit status of a stage that ended with `e`, and its one line (None: another rank says it)."""
+    if isinstance(e, UserError):
+        return USER_ERROR, f"error: {e}"
+    if isinstance(e, OSError):
+        return USER_ERROR, f"error: {os_error_message(e)}"
+    if isinstance(e, distributed.PeerFailed):  # rank 0 has printed the error
+        return USER_ERROR, None
+    how = str(e) if isinstance(e, Stopped) else "interrupted: stopped at once; the last checkpoint is intact"
+    line = f"stopped: {how}; to continue, run the same command with --resume ({resume_command()})"
+    return STOPPED, line if distributed.is_main() else None
 
 
 def resume_command() -> str:
@@ -90,27 +103,36 @@ def resume_command() -> str:
 
 
 class Stage:
-    """One stage's run: the checked config, `<output>/<stage>/` and its lock, the run's identity,
-    log file, device, seeds and stop signals.
+    """One stage's run: the checked config, `<output>/<stage>/` and its lock, the upstream files it
+    reads, the run's identity, log file, device, seeds and stop signals. A context manager
+    (engine.run.run_stage enters it): whatever happens, leaving it releases all.
 
-    A --resume that changes the config the stage's result depends on (engine.identity.USES) is refused.
-    Nothing is written before `begin()`, which the script calls once every input is checked (the
-    lock is taken at once where the folder exists, else when begin() makes it).
+    Constructing it checks every input before anything is written: the config (every key's rule,
+    then the rules across keys), the task's lists, the output folder and the upstream files
+    (engine.method.upstream_files). A --resume that changes what the stage's result depends on
+    (engine.identity.USES) is refused; one that changes only what cannot change it (engine.keys:
+    resume_free) continues with a note. Outputs are written inside `with stage.begin(...)`.
     """
-
-    _open: list = []  # stages of this process not released yet (see release_all)
 
     def __init__(self, name: str, args: argparse.Namespace):
         self.name = name
+        self.began = False
+        self._writer = None
+        try:
+            self._check(args)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check(self, args: argparse.Namespace) -> None:
         self.cfg = load_config(args.config, args.overrides)
         validate_config(self.cfg)
         method.check(self.cfg)
         self.root = Path(self.cfg["output"])
-        self.dir = self.root / name
+        self.dir = self.root / self.name
         self.device = distributed.init(self.cfg["device"])
         self.main = distributed.is_main()
         self.stop = StopSignals(self.device).install()
-        Stage._open.append(self)
         self._setup_logging()
         seed_everything(self.cfg["seed"])  # the same on every rank: the same model, subnets and batches
         d = self.cfg["data"]
@@ -125,10 +147,25 @@ class Stage:
         self.upstream_digests: dict[str, str] = {}
         self._lineages: dict[str, dict] = {}
         self.resume, self.record = self._open_run(args.resume)
-        self.began = False
-        self._done_steps = 0
-        log.info("%s: output %s, device %s%s", name, self.dir, self.device,
-                 f" (resuming run {self.run})" if self.resume else "")
+        for upstream in method.upstream_files(self.cfg, self.name):
+            self._upstream(upstream)
+        self.already_finished = self._finished_before()
+        if not self.already_finished:
+            log.info("%s: output %s, device %s%s", self.name, self.dir, self.device,
+                     f" (resuming run {self.run})" if self.resume else "")
+
+    def __enter__(self) -> "Stage":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if isinstance(error, _ENDINGS):
+                self._log_only(_outcome(error)[1])  # the line execute prints, in log.txt too
+            elif error is None and not self.began and not self.already_finished:
+                raise RuntimeError(f"the {self.name} stage ended without `with stage.begin(...)`: "
+                                   "nothing was recorded (a bug in its script)")
+        finally:
+            self.release()
 
     @property
     def run(self) -> str:
@@ -152,7 +189,7 @@ class Stage:
         record = load_yaml(path)
         if not isinstance(record, dict) or not {"run", "config", "data", "upstream"} <= set(record):
             raise UserError(f"{path}: damaged run record; run without --resume to start afresh")
-        if record.get("imported_from"):
+        if record.get("imported_from") and not record.get("finished"):
             raise UserError(f"{self.dir}: its supernet was imported from {record['imported_from']}, not trained here: "
                             "nothing to resume; run without --resume to train one (the import moves to previous/)")
         diffs = identity.resume_differences(record, self.cfg, self.data, identity.USES[self.name])
@@ -160,49 +197,80 @@ class Stage:
             raise UserError(f"{path}: --resume continues run {record['run']}, which started with other settings: "
                             f"{'; '.join(diffs)} (then → now); resume with those, or start afresh: without --resume "
                             "(the old run moves to previous/) or in another output folder")
+        changes = identity.resume_changes(record, self.cfg, self.name)
+        if changes:
+            log.info("note: --resume with %s: allowed, as none of them can change the result (--help-config says "
+                     "why)", "; ".join(changes))
         return True, record
 
-    def upstream(self, rel: str, missing: str, transfer: bool = False) -> Path:
+    def _upstream(self, up: method.Upstream) -> None:
         """The upstream file `<output>/<rel>` (or `rel` itself where absolute) this stage reads, checked: it
         exists (else `missing` says how to make it), it was made for this experiment and data, it agrees
         with the other upstream files (made from the same ones), and on --resume it is the file the run
-        started with. A `transfer` (a subnet file named by retrain.subnet) may come from another
-        experiment or none: a note says so, and the reader checks that it fits the model."""
-        path = self.root / rel
+        started with. A transfer may come from another experiment or none: a note says so."""
+        rel, path = up.rel, self.root / up.rel
         if not path.is_file():
-            raise UserError(f"{path}: not found; {missing}")
+            raise UserError(f"{path}: not found; {up.missing}")
         theirs = identity.read_lineage(path)
         digest = file_sha256(path)
-        if transfer:
-            diffs = identity.lineage_differences(theirs, self.cfg, self.data)
-            if diffs:
+        if up.transfer:
+            found = identity.lineage_differences(theirs, self.cfg, self.data)
+            if found and found[0] + found[1]:
                 log.info("note: %s was made for another experiment (%s; there → here): used as a transfer",
-                         path, "; ".join(diffs))
+                         path, "; ".join(found[0] + found[1]))
         else:
-            identity.check_lineage(path, theirs, self.cfg, self.data)
+            for note in identity.check_lineage(path, theirs, self.cfg, self.data):
+                log.info("note: %s: %s: served", path, note)
             for other, made in self._lineages.items():
                 if made["upstream"].get(rel, digest) != digest:
                     raise UserError(f"{self.root / other} was made from another {rel} than the one there now: "
                                     f"run its stage ({made['stage']}) again")
-            for up, was in theirs["upstream"].items():
-                if self.upstream_digests.get(up, was) != was:
-                    raise UserError(f"{path} was made from another {up} than the one there now: "
+            for up_rel, was in theirs["upstream"].items():
+                if self.upstream_digests.get(up_rel, was) != was:
+                    raise UserError(f"{path} was made from another {up_rel} than the one there now: "
                                     f"run its stage ({theirs['stage']}) again")
             self._lineages[rel] = theirs
         if self.resume and self.record["upstream"].get(rel) != digest:
             raise UserError(f"{path} changed since this {self.name} run started (made again, or edited): run without "
                             "--resume to start afresh from it (the old run moves to previous/)")
         self.upstream_digests[rel] = digest
-        return path
+
+    def _finished_before(self) -> bool:
+        """A resumed run that finished: done, if its outputs are as it wrote them (nothing is written);
+        else its last checkpoint writes them again."""
+        if not (self.resume and self.record.get("finished")):
+            return False
+        written = self.record.get("outputs")
+        changed = [] if written is None else [
+            rel for rel, digest in written.items()
+            if not (self.dir / rel).is_file() or file_sha256(self.dir / rel) != digest]
+        if changed and self.record.get("imported_from"):
+            raise UserError(f"{self.dir}: its supernet was imported from {self.record['imported_from']}, and "
+                            f"{', '.join(changed)} changed or went missing since: import it again (or train one: "
+                            "without --resume)")
+        if changed:
+            log.info("note: run %s finished, but %s changed or went missing since: its outputs are written again "
+                     "from its last checkpoint", self.run, ", ".join(changed))
+            return False
+        if self.main:
+            self.folder.clean()  # what killed writes left (never an output)
+        log.info("%s: run %s already finished (%s) and its outputs are intact: nothing to do (to run it again, "
+                 "leave out --resume)", self.name, self.run, self.record["finished"])
+        return True
 
     def lineage(self) -> dict:
         """What this stage's outputs carry: its run, the experiment, the data and the upstream digests."""
         return identity.lineage(self.cfg, self.data, self.upstream_digests, self.run, self.name)
 
-    def begin(self, done_steps: int = 0) -> None:
-        """Inputs are checked: a fresh run retires the previous run of the stage and records itself;
-        the log file opens. `done_steps`: epochs or generations a resumed run has done already
-        (TensorBoard drops the points a killed run logged after them)."""
+    @contextlib.contextmanager
+    def begin(self, done_steps: int = 0) -> Iterator["Stage"]:
+        """Every input is checked: the stage begins. A fresh run retires the previous run of the stage
+        and records itself, and the log file opens; when the block ends (without an exception) the
+        run is recorded as finished, with the digests of its outputs. `done_steps`: epochs or
+        generations a resumed run has done already (TensorBoard drops the points a killed run
+        logged after them)."""
+        if self.began:
+            raise RuntimeError(f"the {self.name} stage began twice")
         if self.main:
             if not self.folder.locked:
                 self.folder.lock()
@@ -217,6 +285,11 @@ class Stage:
                 log.info("the previous run of this stage moved to %s", retired)
         self._done_steps = done_steps
         self.began = True
+        yield self
+        if self.main:
+            self.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.record["outputs"] = {str(p.relative_to(self.dir)): file_sha256(p) for p in self.folder.outputs()}
+            save_yaml(self.dir / identity.RECORD, self.record)
 
     def _previous_run(self) -> str:
         """The id of the run whose files are in the folder (its run record's, else when it was retired)."""
@@ -247,46 +320,45 @@ class Stage:
         log.removeHandler(self._early)
         log.addHandler(handler)
 
-    @functools.cached_property
-    def writer(self):
-        """TensorBoard writer. A resumed run continues its curves (purge_step drops what a killed run
-        logged after its checkpoint); a finished run resumed again adds nothing."""
-        from torch.utils.tensorboard import SummaryWriter
+    def _log_only(self, line: Optional[str]) -> None:
+        """A line in the stage's log file, if it has one (execute prints it on stderr)."""
+        if not line:
+            return
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None)
+        for handler in log.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
-        if not self.main or self.record.get("finished"):
-            return _NoWriter()
-        return SummaryWriter(str(self.dir / "tb"), purge_step=self._done_steps + 1 if self.resume else None)
+    @property
+    def writer(self):
+        """TensorBoard writer, inside `begin()`. A resumed run continues its curves (purge_step drops
+        what a killed run logged after its checkpoint); a finished run resumed again adds nothing."""
+        if not self.began:
+            raise RuntimeError(f"the {self.name} stage writes TensorBoard curves before it began")
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = _NoWriter() if not self.main or self.record.get("finished") else SummaryWriter(
+                str(self.dir / "tb"), purge_step=self._done_steps + 1 if self.resume else None)
+        return self._writer
 
     def peak_memory_mb(self) -> float | None:
         """Peak GPU memory allocated by this process so far (None on the CPU)."""
         return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
 
-    def close(self) -> None:
-        """The stage is done: its run is recorded as finished, and everything is released."""
-        if self.main and self.began:
-            self.record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            save_yaml(self.dir / identity.RECORD, self.record)
-        self.release()
-
     def release(self) -> None:
         """Close the TensorBoard writer and the log file, restore the signal handlers, unlock the folder."""
-        if "writer" in self.__dict__:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
             handler.close()
             log.removeHandler(handler)
-        self.stop.restore()
+        if hasattr(self, "stop"):
+            self.stop.restore()
         if hasattr(self, "folder"):
             self.folder.unlock()
         distributed.close()
-        if self in Stage._open:
-            Stage._open.remove(self)
-
-    @classmethod
-    def release_all(cls) -> None:
-        """Release every stage of this process that was not closed (one that stopped on an error)."""
-        for stage in list(cls._open):
-            stage.release()
 
 
 _FORMAT = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")

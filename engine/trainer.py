@@ -82,12 +82,13 @@ class Trainer:
             state["sampler"] = self.sampler.getstate()
         return state
 
-    def start(self) -> None:
-        """With --resume continue from the run's last checkpoint; then the stage begins."""
+    def start(self) -> int:
+        """Seed the noise; with --resume continue from the run's last checkpoint. Returns the epochs
+        done, which the stage begins with (`with stage.begin(trainer.start()):`)."""
         seed_noise(int(self.stage.cfg["seed"]))
         if self.stage.resume:
             self.restore()
-        self.stage.begin(self.epoch)
+        return self.epoch
 
     def restore(self) -> bool:
         """Continue from the run's last checkpoint, if it has one; returns whether it did."""
@@ -106,8 +107,10 @@ class Trainer:
         if self.sampler is not None:
             self.sampler.setstate(tuples(state["sampler"]))
         self.epoch, self.batches, self.train_seconds = int(state["epoch"]), int(state["batches"]), float(state["train_seconds"])
-        log.info("resumed from the checkpoint of run %s at epoch %d%s", self.stage.run, self.epoch,
-                 f", batch {self.batches}" if self.batches else "")
+        # in the words of the stop message (engine.stop): the epoch it stopped in, or the last it finished
+        where = (f"in epoch {self.epoch + 1} of {self.epochs}, after its batch {self.batches} of {len(self.loader)}"
+                 if self.batches else f"after epoch {self.epoch} of {self.epochs}")
+        log.info("resumed from the checkpoint of run %s %s", self.stage.run, where)
         return True
 
     def _own(self, per_rank: list, otherwise: str):

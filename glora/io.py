@@ -1,11 +1,14 @@
 """Atomic file writes and the small readers/writers every stage uses (safetensors, YAML, JSON, torch)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,10 +47,25 @@ def write_bytes(path, data: bytes) -> Path:
 
 
 def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """A safetensors file whose bytes depend on its content alone (see `_canonical`)."""
     # Serialized in memory and written by Python, so that a full disk is an OSError (safetensors'
     # own writer reports it as a SafetensorError).
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return write_bytes(path, save(tensors, metadata=metadata))
+    return write_bytes(path, _canonical(save(tensors, metadata=metadata)))
+
+
+def _canonical(serialized: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one order: safetensors writes the metadata
+    in hash order, which changes from process to process, so equal content gave other bytes (and
+    another SHA-256, which lineage reads as another file). The data section is left as it is."""
+    n = int.from_bytes(serialized[:8], "little")
+    header = json.loads(serialized[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}),
+               **dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]))}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the header is padded to 8 bytes, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + serialized[8 + n:]
 
 
 def load_tensors(path, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -82,10 +100,10 @@ def save_yaml(path, data: Any) -> Path:
 
 
 def load_yaml(path) -> Any:
-    import yaml
-
+    """A YAML file's content; an unreadable file, invalid YAML or a key given twice in one mapping
+    is a UserError naming the file and the line."""
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -94,8 +112,51 @@ def load_yaml(path) -> Any:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text read as configs are: floats as YAML 1.2 reads them (`1e-4` is a number, not a
+    string), and a key given twice in one mapping refused (YAML would keep the last silently)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())
+    except _GivenTwice as e:
+        raise UserError(f"{where}: line {e.line}: {e.key!r} is given twice in one mapping (first on line {e.first}): "
+                        "YAML would keep the last silently; keep one") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = "; ".join(str(p) for p in (e.problem, e.context) if p)
+        raise UserError(f"{where}: invalid YAML at {at}{what}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{where}: invalid YAML ({str(e).splitlines()[0]})") from None
+
+
+class _GivenTwice(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+@functools.lru_cache(maxsize=None)
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, Hashable) and key in seen:
+                    raise _GivenTwice(key, key_node.start_mark.line + 1, seen[key])
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
 
 
 def save_json(path, data: Any) -> Path:

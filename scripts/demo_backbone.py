@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.config import load_config  # noqa: E402
-from data import normalize  # noqa: E402
-from engine.experiment import load_data  # noqa: E402
-from glora.io import save_tensors  # noqa: E402
+from engine.config import load_config, validate_config
+from data import normalize
+from engine.experiment import load_data
+from glora.io import save_tensors
 
 
 def main():
@@ -32,6 +32,7 @@ def main():
         print(f"{args.out} exists; delete it to pretrain again")
         return
     cfg = load_config(args.config)
+    validate_config(cfg)
     torch.manual_seed(cfg["seed"])
     d = cfg["data"]
     images = normalize(load_data(cfg, "train800").images[:], d["mean"], d["std"])  # the demo's small split, whole

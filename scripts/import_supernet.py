@@ -12,12 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import timm  # noqa: E402
+import timm
 
-from glora import UserError, save_adapters  # noqa: E402
-from engine.experiment import build_model  # noqa: E402
-from engine.run import Stage, execute  # noqa: E402
-from glora.merge import adapter_state  # noqa: E402
+from glora import UserError, save_adapters
+from engine.experiment import build_model
+from engine.run import Stage, execute
+from glora.merge import adapter_state
 
 
 def import_supernet(stage: Stage, checkpoint: str) -> Path:
@@ -39,9 +39,9 @@ def import_supernet(stage: Stage, checkpoint: str) -> Path:
                         "glora.targets, model.name and data.num_classes")
     model.load_state_dict({k: state[k] for k in wanted}, strict=False)
     stage.record["imported_from"] = str(checkpoint)  # a train.py --resume has nothing to continue
-    stage.begin()  # the previous supernet run moves to previous/
-    return save_adapters(model, stage.dir / "supernet.safetensors",
-                         extra={"imported_from": str(checkpoint), "lineage": stage.lineage()})
+    with stage.begin():  # the previous supernet run moves to previous/
+        return save_adapters(model, stage.dir / "supernet.safetensors",
+                             extra={"imported_from": str(checkpoint), "lineage": stage.lineage()})
 
 
 def main() -> int:
@@ -52,13 +52,11 @@ def main() -> int:
     args = p.parse_args()
     args.resume = False  # an import is always a fresh run of the supernet stage
 
-    def run(args):
-        stage = Stage("supernet", args)
+    def run(stage):
         path = import_supernet(stage, args.checkpoint)
-        stage.close()
         print(f"supernet written to {path}; next: python search.py {args.config}")
 
-    return execute(run, args)
+    return execute("supernet", run, args)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.registry import GROUPS, TASKS, lookup, published  # noqa: E402
-from engine.figures import draw_summary  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from data.registry import GROUPS, TASKS, lookup, published
+from engine.figures import draw_summary
+from torch.utils.tensorboard import SummaryWriter
 
 SEED_DIR = re.compile(r"seed\d+")
 SHOT_DIR = re.compile(r"shot\d+")

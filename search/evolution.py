@@ -2,9 +2,12 @@
 
 The algorithm of the paper's release (after AutoFormer): a random first population; then, each
 generation, the top-k candidates seen so far breed by mutation (each layer's tensor re-drawn
-with a probability) and uniform crossover, and random candidates refill the population. Unlike
-the release, a candidate is never scored twice, every draw is bounded, and an infeasible budget
-fails at once.
+with a probability) and uniform crossover, and random candidates refill the population. As in
+the release, a candidate is scored once (it keeps a visited set too). Unlike it, every draw is
+bounded (its random refill loops until the population is full, forever under a budget no
+subnet meets, or once the space is exhausted), an infeasible budget fails at once, and a random
+draw outside the budget is repaired by re-drawing single choices (the release draws again
+until one fits).
 
 Two ways to score a generation faster, neither of which changes the search's course:
 - Sharding: under torchrun each of N ranks scores every N-th candidate and the ranks gather the

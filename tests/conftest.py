@@ -24,9 +24,19 @@ def vit():
     return tiny_vit()
 
 
+STAGE_OF = {"train": "supernet", "search": "search", "retrain": "retrain"}  # script -> the stage it runs
+
+
 def stage(name):
     """A stage script (train, search, retrain) as a module, to call its main() in this process."""
     spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(name, args):
+    """A stage script in this process, as its command line runs it (errors raised, not printed)."""
+    from engine.run import run_stage
+
+    run_stage(STAGE_OF[name], stage(name).main, args)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import engine.trainer  # noqa: E402
+import engine.trainer
 
 _save = engine.trainer.save_checkpoint
 

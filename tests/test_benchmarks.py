@@ -2,7 +2,6 @@
 prepared from an archive and verified task by task, restricted-class evaluation, and the config
 rules of `protocol` and `retrain.epochs: 0`."""
 import io
-import json
 import subprocess
 import sys
 import tarfile
@@ -18,13 +17,12 @@ from data.checks import check_task_lists, read_task
 from data.layout import Layout
 from data.prepare import prepare_vtab, verify_vtab
 from data.registry import DG_TASKS, FEWSHOT_TASKS, TASKS, published
-from engine.config import load_config
+from engine.config import load_config, validate_config
 from engine.experiment import benchmark_labels
 from engine.method import check
-from engine.validate import validate_config
+from glora.accuracy import count_correct
 from glora.errors import UserError
 from noah import build_dg, build_fewshot
-from search.score import count_correct
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import stage
-from engine.run import Stage, parse_args
+from conftest import run_script
+from engine.run import parse_args
 from glora.errors import UserError
 from noah import build_dg, build_fewshot
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(name, *args):
-    try:
-        stage(name).main(parse_args([str(a) for a in args]))
-    finally:
-        Stage.release_all()
+    run_script(name, parse_args([str(a) for a in args]))
 
 
 def pipeline(*args):

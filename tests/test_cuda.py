@@ -49,7 +49,7 @@ def test_bench_peak_memory_on_cuda_counts_only_the_measured_call():
     del resident
 
 
-def test_three_stages_on_cuda_with_bf16_and_exact_resume(config, tmp_path, monkeypatch):
+def test_three_stages_on_cuda_with_bf16_and_exact_resume(config, tmp_path, monkeypatch):  # noqa: F811 (a fixture)
     cuda = ["--set", "device=cuda", "--set", "train.amp=true"]
     run("train", config, *cuda)
     run("search", config, *cuda)
@@ -69,7 +69,7 @@ def test_three_stages_on_cuda_with_bf16_and_exact_resume(config, tmp_path, monke
 
 
 @pytest.mark.skipif(torch.cuda.device_count() != 1, reason="needs a host with exactly one GPU")
-def test_torchrun_two_ranks_on_one_gpu(config, tmp_path):
+def test_torchrun_two_ranks_on_one_gpu(config, tmp_path):  # noqa: F811 (a fixture)
     """With device=cuda, one clear line; with device=cpu, gloo over CPU processes, as on any host."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
                 str(config), "--set", "train.epochs=1"]

@@ -161,11 +161,11 @@ def _case(tmp_path, breaker, kwargs):
 def test_bad_input_is_one_clear_line(tmp_path, capsys, name, breaker, kwargs, expected):
     folder, call = _case(tmp_path, breaker, kwargs)
     expected = [e.format(tmp=tmp_path, task=folder) for e in expected]
-    for load in (lambda: load_split(**call, img_size=16, cache=False),
+    for read in (lambda: load_split(**call, img_size=16, cache=False),
                  lambda: load_split(**call, img_size=16, cache_dir=tmp_path / "c"),
                  lambda: [VTABDataset(**call, img_size=16)[i] for i in range(6)]):
         with pytest.raises(UserError) as info:
-            load()
+            read()
         message = str(info.value)
         assert "\n" not in message and "\r" not in message
         for part in expected:

@@ -9,9 +9,9 @@ from torch import nn
 
 from conftest import TINY, tiny_vit
 from engine import method
-from engine.config import load_config
+from engine.config import load_config, validate_config
 from engine.experiment import build_model
-from glora import SearchSpace, UserError, compact_subnet, inject_glora, mark_trainable, save_adapters, set_subnet
+from glora import SearchSpace, UserError, inject_glora, save_adapters
 from glora.inject import head_names, uniform_subnet
 from glora.merge import load_adapters
 from glora.model import count_params
@@ -38,13 +38,8 @@ def linears(model):
 
 def retrain_model(cfg, num_classes=5):
     """The model as retrain.py builds it: the method's subnet, compacted, with its trainable selection."""
-    model = build_model(cfg, num_classes)
-    subnet, _ = method.retrain_subnet(cfg, model)
-    set_subnet(model, subnet)
-    compact_subnet(model)
-    mark_trainable(model)
-    added = method.train_backbone(model, cfg["retrain"]["backbone"])
-    return model, subnet, added
+    built = method.retrain_model(cfg, num_classes)
+    return built.model, built.subnet, built.backbone_params
 
 
 def test_every_method_has_a_preset_and_runs_only_the_stages_it_needs():
@@ -68,16 +63,19 @@ def test_config_files_apply_in_order_and_the_space_merges_tensor_by_tensor():
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("retrain.init=pretrained", "retrain.init='pretrained': use one of supernet, scratch"),
-    ("retrain.backbone=norms", "retrain.backbone='norms': use one of frozen, bias, all"),
-    ("retrain.subnet=serched", "retrain.subnet='serched': use searched, uniform, random, or the path of a subnet YAML"),
+    ("retrain.init=pretrained", "retrain.init='pretrained': expected one of supernet, scratch"),
+    ("retrain.backbone=norms", "retrain.backbone='norms': expected one of frozen, bias, all"),
+    ("retrain.subnet=serched", "retrain.subnet='serched': expected searched, uniform, random, or the path of a subnet "
+                               "YAML"),
     ("retrain.subnet=uniform", "retrain.subnet=uniform needs retrain.uniform"),
     ("retrain.uniform.A=vector", "retrain.uniform is set but retrain.subnet='searched' does not use it"),
     ("glora.space.B=[lora_8]", "B='lora_8' is not a valid choice; valid: ['lora_4', 'vector', 'scalar', 'none']"),
 ])
 def test_method_keys_are_checked_before_any_work(override, needle):
+    cfg = load_config(None, ["data.task=dtd", override])
     with pytest.raises(UserError) as e:
-        method.check(load_config(None, [override]))
+        validate_config(cfg)  # every key's rule, then the rules that span keys, as every stage checks
+        method.check(cfg)
     assert needle in str(e.value)
 
 
@@ -167,23 +165,19 @@ def test_a_supernet_serves_only_spaces_within_the_one_it_trained(tmp_path):
         load_adapters(wider, path)
 
 
-class _Upstream:
-    """What check_upstream asks of a stage: its config, and `upstream` raising where a file is missing."""
+def test_the_retrain_names_the_upstream_files_it_reads_and_what_makes_them(tmp_path):
+    """What Stage checks (exists, lineage) before any work, per method: the search's subnet, a
+    subnet file (a transfer), the supernet of init: supernet; none for uniform from scratch."""
+    def files(*sets):
+        return [(u.rel, u.missing.split(";")[0], u.transfer)
+                for u in method.upstream_files(load_config(None, [f"output={tmp_path}", *sets]), "retrain")]
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def upstream(self, rel, missing, transfer=False):
-        if not (Path(self.cfg["output"]) / rel).is_file():
-            raise UserError(f"{rel}: not found; {missing}")
-
-
-def test_the_retrain_names_the_missing_upstream_file_before_any_work(tmp_path):
-    out = f"output={tmp_path}"
-    for sets, needle in ((["retrain.subnet=searched"], "no searched subnet; run search.py"),
-                         (["retrain.subnet=uniform", "retrain.uniform={}"], "no trained supernet to start from"),
-                         (["retrain.subnet=elsewhere/best.yaml", "retrain.init=scratch"], "no such subnet file")):
-        with pytest.raises(UserError, match=needle):
-            method.check_upstream(_Upstream(load_config(None, [out, *sets])))
-    method.check_upstream(_Upstream(load_config(None, [out, "retrain.subnet=uniform", "retrain.uniform={}",
-                                                       "retrain.init=scratch"])))
+    assert files() == [("search/best_subnet.yaml", "no searched subnet", False),
+                       ("supernet/supernet.safetensors", "no trained supernet to start from", False)]
+    assert files("retrain.subnet=elsewhere/best.yaml", "retrain.init=scratch") == [
+        (str(Path("elsewhere/best.yaml").resolve()), "retrain.subnet=elsewhere/best.yaml names no such subnet file",
+         True)]
+    assert files("retrain.subnet=uniform", "retrain.uniform={}", "retrain.init=scratch") == []
+    assert [u.rel for u in method.upstream_files(load_config(None, ["supernet=/x/s.safetensors"]), "search")] == [
+        "/x/s.safetensors"]
+    assert method.upstream_files(load_config(None), "supernet") == []

@@ -10,11 +10,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import stage
+from conftest import run_script
 from data import build_demo
 from engine import method
 from engine.config import load_config
-from engine.run import Stage, parse_args
+from engine.run import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ["glora", "glora-random", "glora-uniform", "lora", "ssf-like", "bitfit", "full", "linear"]
@@ -52,10 +52,7 @@ def run_method(experiment, name, output, *overrides, resume=False):
     for o in overrides:
         args += ["--set", o]
     for s in method.stages(load_config(args[:2], args[3::2])):
-        try:
-            stage(SCRIPTS[s]).main(parse_args(args + ["--resume"] * resume))
-        finally:
-            Stage.release_all()
+        run_script(SCRIPTS[s], parse_args(args + ["--resume"] * resume))
     return json.loads((Path(output) / "retrain" / "results.json").read_text())
 
 

@@ -30,22 +30,34 @@ def cfg(*overrides):
 
 def test_resume_differences_name_the_changed_keys_of_the_stage_only():
     record = {"config": cfg(), "data": DATA}
-    assert identity.resume_differences(record, cfg(), DATA, ("train",)) == []
+    uses = identity.USES
+    assert identity.resume_differences(record, cfg(), DATA, uses["supernet"]) == []
     changed = cfg("train.epochs=10", "train.lr=0.002", "retrain.epochs=7", "search.budget=[0,0.5]")
-    assert identity.resume_differences(record, changed, DATA, ("train",)) == [
+    assert identity.resume_differences(record, changed, DATA, uses["supernet"]) == [
         "train.epochs (500 → 10)", "train.lr (0.0001 → 0.002)"]
-    assert identity.resume_differences(record, changed, DATA, ("search",)) == ["search.budget ([0.0, 1.0] → [0, 0.5])"]
-    # where the data lives and how often the supernet is validated may change; the data itself may not
-    free = cfg("data.root=/elsewhere", "data.cache=false", "data.cache_dir=/tmp/c", "train.eval_every=1")
-    assert identity.resume_differences(record, free, DATA, ("train",)) == []
+    assert identity.resume_differences(record, changed, DATA, uses["search"]) == ["search.budget ([0.0, 1.0] → [0, 0.5])"]
+    # what cannot change a result may change (each is named in a note); the data itself may not
+    free = cfg("data.root=/elsewhere", "data.cache=false", "data.cache_dir=/tmp/c", "train.eval_every=1", "device=cpu",
+               "data.eval_batch_size=5", "data.resident_mb=0", "search.early_stop=false", "train.ckpt_every=3")
+    assert identity.resume_differences(record, free, DATA, uses["supernet"]) == []
+    assert identity.resume_differences(record, free, DATA, uses["search"]) == []
+    assert identity.resume_changes(record, free, "search") == [
+        "data.cache (True → False)", "data.cache_dir (None → '/tmp/c')", "data.eval_batch_size (256 → 5)",
+        "data.resident_mb (512 → 0)", "data.root ('datasets/vtab-1k' → '/elsewhere')", "device ('auto' → 'cpu')",
+        "search.early_stop (True → False)"]  # not train.*: the search does not use them
     # a preset switched: the retrain names the method and the supernet it reads; the supernet stage neither
     preset = cfg("method=lora", "supernet=/x/supernet.safetensors")
-    assert identity.resume_differences(record, preset, DATA, identity.USES["retrain"]) == [
+    assert identity.resume_differences(record, preset, DATA, uses["retrain"]) == [
         "method ('glora' → 'lora')", "supernet (None → '/x/supernet.safetensors')"]
-    assert identity.resume_differences(record, preset, DATA, identity.USES["supernet"]) == []
-    other = identity.resume_differences(record, cfg("model.kwargs.depth=2"), {**DATA, "fingerprint": "cd" * 32}, ())
+    assert identity.resume_differences(record, preset, DATA, uses["supernet"]) == []
+    other = identity.resume_differences(record, cfg("model.kwargs.depth=2"), {**DATA, "fingerprint": "cd" * 32},
+                                        uses["search"])
     assert other == ["data: the task's list files (digest) (abababababab… → cdcdcdcdcdcd…)",
                      "model.kwargs.depth (absent → 2)"]
+    # each stage compares what it uses: the search neither data.batch_size nor data.test_sets
+    assert identity.resume_differences(record, cfg("data.batch_size=8", "data.test_sets=[x]"), DATA, uses["search"]) == []
+    assert "data.test_sets ([] → ['x'])" in identity.resume_differences(record, cfg("data.test_sets=[x]"), DATA,
+                                                                         uses["retrain"])
 
 
 def test_lineage_refuses_another_task_backbone_space_or_data(tmp_path):
@@ -65,8 +77,30 @@ def test_lineage_refuses_another_task_backbone_space_or_data(tmp_path):
     with pytest.raises(UserError, match="says nothing of how it was made"):
         identity.check_lineage(path, None, cfg(), DATA)
     # what a transfer (a subnet file from elsewhere) is told: the differences, or None where it says nothing
-    assert identity.lineage_differences(made, cfg("data.task=svhn"), DATA) == ["data.task ('digits' → 'svhn')"]
+    assert identity.lineage_differences(made, cfg("data.task=svhn"), DATA) == (["data.task ('digits' → 'svhn')"], [])
     assert identity.lineage_differences(None, cfg(), DATA) is None
+
+
+def test_a_supernet_serves_a_narrower_space_and_refuses_a_wider_naming_what_never_trained(tmp_path):
+    path = tmp_path / "supernet.safetensors"
+    made = identity.lineage(cfg("glora.ranks=[4,8]", "glora.space={A: [lora_8, vector, none], C: [none]}"), DATA,
+                            {}, "run-1", "supernet")
+    narrower = cfg("glora.ranks=[4,8]", "glora.space={A: [vector, none], C: [none], E: [scalar]}")
+    assert identity.check_lineage(path, made, narrower, DATA) == [
+        "glora.space is narrower here (trained there, not used here: A: lora_8; E: vector, none)"]
+    assert identity.check_lineage(path, made, cfg("glora.ranks=[4,8]", "glora.space={A: [lora_8, vector, none], "
+                                                  "C: [none]}"), DATA) == []  # the same space: nothing to say
+    wider = cfg("glora.ranks=[4,8]", "glora.space={A: [lora_4, vector], C: [vector, none]}")
+    with pytest.raises(UserError, match=r"made for another experiment: glora.space \(choices that never trained "
+                                        r"there: A: lora_4; C: vector\) \(there → here\)"):
+        identity.check_lineage(path, made, wider, DATA)
+    with pytest.raises(UserError, match=r"glora.ranks \(\[4, 8\] → \[4\]\)"):  # other storage: never served
+        identity.check_lineage(path, made, cfg("glora.space={A: [vector, none], C: [none]}"), DATA)
+    # a file of a version before glora.space was recorded holds the paper's whole space
+    old = {**made, "experiment": {k: v for k, v in made["experiment"].items() if not k.startswith("glora.space")}}
+    assert identity.check_lineage(path, old, narrower, DATA) == [
+        "glora.space is narrower here (trained there, not used here: A: lora_4, lora_8, scalar; C: lora_4, lora_8, "
+        "vector; E: vector, none)"]
 
 
 def test_the_lock_refuses_a_second_holder_until_released(tmp_path):

@@ -7,6 +7,7 @@ a copy of it (`copy`), so that only what a test is about runs again.
 import fcntl
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -25,11 +26,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import engine.trainer
 import search.evolution
 from data import build_demo, read_list, write_list
-from engine.run import execute, parse_args
+from engine import keys
+from engine.keys import Key
+from engine.rules import integer, number
+from engine.run import execute, parse_args, run_stage
 from engine.status import STOPPED, USER_ERROR
 from glora.errors import UserError
 from glora.io import file_sha256
-from test_stages import Killed, cli, run, stage, write_config
+from conftest import STAGE_OF, stage
+from test_stages import Killed, cli, run, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -49,6 +54,15 @@ def reference(tmp_path_factory):
     return SimpleNamespace(config=config, data=base / "data", out=base / "run")
 
 
+@pytest.fixture(scope="module")
+def finished(reference, tmp_path_factory):
+    """The reference run with its retrain too (2 epochs, checkpoints at 1 and 2): all three stages finished."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    shutil.copytree(reference.out, out)
+    run("retrain", reference.config, "--set", f"output={out}")
+    return out
+
+
 @pytest.fixture
 def copy(reference, tmp_path):
     """A copy of the reference run to work on: `go(stage, *args)` runs a stage on it in this process."""
@@ -57,7 +71,8 @@ def copy(reference, tmp_path):
     where = ["--set", f"output={out}"]
     return SimpleNamespace(out=out, config=reference.config, where=where,
                            go=lambda name, *args: run(name, reference.config, *where, *args),
-                           status=lambda name, *args: execute(stage(name).main, parse_args([str(reference.config), *where, *args])))
+                           status=lambda name, *args: execute(STAGE_OF[name], stage(name).main,
+                                                              parse_args([str(reference.config), *where, *args])))
 
 
 def record(folder):
@@ -174,6 +189,12 @@ def test_downstream_refuses_a_file_made_for_another_experiment(copy, reference, 
     with pytest.raises(UserError, match=r"made for another experiment: data: the task's list files \(digest\)"):
         copy.go("search", "--set", f"data.root={other}")
     assert record(copy.out / "search")["finished"]  # every refusal left the search as it was
+    # a narrower space than the supernet's (the paper's) is served: the search runs within it, with a note
+    copy.go("search", "--set", "glora.space.A=[vector, none]", "--set", "search.generations=1")
+    assert ("supernet.safetensors: glora.space is narrower here (trained there, not used here: A: lora_2, lora_4, "
+            "scalar): served") in (copy.out / "search" / "log.txt").read_text()
+    best = yaml.safe_load((copy.out / "search" / "best_subnet.yaml").read_text())
+    assert {layer["A"] for layer in best["layers"].values()} <= {"vector", "none"}
 
 
 def test_a_retrain_resumed_after_a_new_search_refuses_cleanly(copy, monkeypatch):
@@ -208,6 +229,120 @@ def test_a_subnet_file_is_an_upstream_file_and_one_from_another_experiment_a_tra
     copy.go("retrain", *use)
     assert "was made for another experiment (data.task ('svhn' → 'digits')" in (copy.out / "retrain" / "log.txt").read_text()
     assert (copy.out / "retrain" / "merged.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------- the stage's order
+
+def test_a_stage_cannot_skip_its_begin_nor_write_before_it(copy):
+    args = parse_args([str(copy.config), *copy.where])
+    with pytest.raises(RuntimeError, match=r"the retrain stage ended without `with stage.begin\(...\)`"):
+        run_stage("retrain", lambda stage: None, args)
+    with pytest.raises(RuntimeError, match="writes TensorBoard curves before it began"):
+        run_stage("retrain", lambda stage: stage.writer, args)
+    assert not (copy.out / "retrain").exists()  # nothing recorded, nothing written, the lock released
+
+    def twice(stage):
+        with stage.begin(), stage.begin():
+            pass
+
+    with pytest.raises(RuntimeError, match="began twice"):
+        run_stage("retrain", twice, args)
+    assert "finished" not in record(copy.out / "retrain")
+
+
+# --------------------------------------------------------------------------------- a key declared once
+
+def test_a_key_declared_here_alone_flows_through_rules_resume_and_results(copy, monkeypatch, capsys):
+    """README's example: one declaration (this test's) and nothing else; the line that would use it aside."""
+    smoothing = Key("retrain.label_smoothing", 0.0, number(hi=1.0), "label smoothing of the retrain's loss",
+                    stages=("retrain",))
+    every = Key("retrain.print_every", 10, integer(1), "batches between progress lines; --resume may change it: "
+                "logging only", stages=("retrain",), resume_free=True)
+    with keys.declared(smoothing, every):
+        assert re.search(r"\n  label_smoothing: 0.0 +# label smoothing of the retrain's loss\n", keys.defaults_yaml())
+        assert "\nretrain.label_smoothing = 0.0   [retrain]\n" in keys.help_text()
+        assert copy.status("retrain", "--set", "retrain.label_smoothing=2") == USER_ERROR
+        assert capsys.readouterr().err == ("error: retrain.label_smoothing=2: expected a finite number ≥ 0 and ≤ 1; "
+                                           "fix it in the config or with --set retrain.label_smoothing=...\n")
+        on_steps(monkeypatch, {1: die})
+        with pytest.raises(Killed):
+            copy.go("retrain", "--set", "retrain.label_smoothing=0.1")
+        monkeypatch.undo()
+        with pytest.raises(UserError, match=r"other settings: retrain.label_smoothing \(0.1 → 0.2\) \(then → now\)"):
+            copy.go("retrain", "--resume", "--set", "retrain.label_smoothing=0.2")
+        copy.go("retrain", "--resume", "--set", "retrain.label_smoothing=0.1", "--set", "retrain.print_every=3")
+        assert "note: --resume with retrain.print_every (10 → 3): allowed" in (copy.out / "retrain" / "log.txt").read_text()
+        assert record(copy.out / "retrain")["config"]["retrain"]["label_smoothing"] == 0.1
+        results = json.loads((copy.out / "retrain" / "results.json").read_text())
+        assert results["config"]["retrain"]["label_smoothing"] == 0.1 and results["config"]["retrain"]["print_every"] == 3
+        # the supernet and the search do not use it: their finished runs resume as they were
+        copy.go("train", "--resume", "--set", "retrain.label_smoothing=0.3")
+        assert "already finished" in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown key 'retrain.label_smoothing'"):
+        copy.go("retrain", "--set", "retrain.label_smoothing=0.1")  # gone with its declaration
+
+
+# --------------------------------------------------------------------------------- finished runs resumed
+
+def contents(out):
+    """Every file of a run's stage folders and its bytes (but the locks, which hold the pid)."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_finished_stage_resumed_changes_no_byte(finished, reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = contents(out)
+    where = [str(reference.config), "--set", f"output={out}", "--resume"]
+    for name in ("train", "search", "retrain"):
+        for free in ([], ["--set", "data.eval_batch_size=9", "--set", "device=auto"]):  # what cannot change a result
+            assert execute(STAGE_OF[name], stage(name).main, parse_args(where + free)) == 0
+            said = capsys.readouterr().out
+            assert f"{STAGE_OF[name]}: run {record(out / STAGE_OF[name])['run']} already finished" in said
+            assert ("note: --resume with data.eval_batch_size (256 → 9); device ('cpu' → 'auto')" in said) == bool(free)
+    assert contents(out) == before
+
+    # an output lost since: the last checkpoint writes it again, the same bytes as ever; the rest stays
+    (out / "supernet" / "summary.json").unlink()
+    assert execute("supernet", stage("train").main, parse_args(where)) == 0
+    assert "summary.json changed or went missing since: its outputs are written again" in capsys.readouterr().out
+    assert (out / "supernet" / "supernet.safetensors").read_bytes() == before[Path("supernet/supernet.safetensors")]
+    assert execute("search", stage("search").main, parse_args(where)) == 0  # its supernet is the same file
+    assert "already finished" in capsys.readouterr().out
+
+
+def test_vtab_sh_resume_after_a_stop_in_any_stage_ends_with_the_uninterrupted_results(finished, reference, tmp_path):
+    """scripts/vtab.sh stopped (SIGTERM) in the supernet, resumed and stopped in the search, resumed and stopped
+    in the retrain, resumed to the end (where eval_batch_size and device change, which cannot change a result):
+    every stage ends where the uninterrupted run ended, and a finished stage is never written again."""
+    python = tmp_path / "python"  # vtab.sh's $PYTHON: the stage named by $STOP_SCRIPT signals itself
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "$STOP_SCRIPT" ]; then exec {sys.executable} '
+                      f'{ROOT / "tests" / "signal_at_step.py"} SIGTERM "$STOP_STEP" "$@"; fi\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "run"
+
+    def vtab_sh(*args, stop=("-", 0)):
+        env = {**os.environ, "PYTHON": str(python), "STOP_SCRIPT": stop[0], "STOP_STEP": str(stop[1])}
+        return subprocess.run(["bash", ROOT / "scripts" / "vtab.sh", "dtd", reference.config, "--set", f"output={out}",
+                               *args], capture_output=True, text=True, env=env)
+
+    for args, stop in (((), ("train.py", 20)), (("--resume",), ("search.py", 2)), (("--resume",), ("retrain.py", 20))):
+        r = vtab_sh(*args, stop=stop)
+        assert r.returncode == STOPPED and r.stderr.strip().splitlines()[-1].startswith("stopped: SIGTERM"), r.stderr[-2000:]
+        if stop[0] == "search.py":
+            supernet = (out / "supernet" / "supernet.safetensors").read_bytes()
+    r = vtab_sh("--resume", "--set", "data.eval_batch_size=50", "--set", "device=auto")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("already finished") == 2 and "note: --resume with data.eval_batch_size (256 → 50)" in r.stdout
+    assert "resumed from the checkpoint of run" in (out / "retrain" / "log.txt").read_text()
+
+    assert (out / "supernet" / "supernet.safetensors").read_bytes() == supernet
+    assert tensors_equal(out / "supernet" / "supernet.safetensors", finished / "supernet" / "supernet.safetensors")
+    assert (out / "search" / "candidates.jsonl").read_text() == (finished / "search" / "candidates.jsonl").read_text()
+    ours, theirs = (json.loads((o / "retrain" / "results.json").read_text()) for o in (out, finished))
+    for key in ("test_acc", "test_acc_merged", "adapter_params", "trainable_params", "epochs"):
+        assert ours[key] == theirs[key], key
+    assert tensors_equal(out / "retrain" / "merged.safetensors", finished / "retrain" / "merged.safetensors")
 
 
 # --------------------------------------------------------------------------------- integrity
@@ -272,12 +407,18 @@ def test_signals_stop_after_a_step_and_resume_ends_where_an_uninterrupted_run_en
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert line.startswith("stopped: ") and line.endswith("--resume)") and "run the same command with --resume" in line
         assert line in (copy.out / "supernet" / "log.txt").read_text()
-    assert "SIGUSR1 in epoch 1 of 3, after its batch 9 of 13 (checkpoint written)" in (copy.out / "supernet" / "log.txt").read_text()
-    assert copy.status("train", "--resume") == 0
+    said = (copy.out / "supernet" / "log.txt").read_text()
+    # the stop and the resume name the same point the same way
+    assert "SIGUSR1 in epoch 1 of 3, after its batch 9 of 13 (checkpoint written)" in said
+    assert "in epoch 1 of 3, after its batch 9 of 13\n" in said and "SIGINT in epoch 2 of 3, after its batch 12 of" in said
+    # the last resume evaluates in other batches, wherever `auto` puts it: what cannot change the result
+    assert copy.status("train", "--resume", "--set", "data.eval_batch_size=7", "--set", "device=auto") == 0
+    assert "note: --resume with data.eval_batch_size (256 → 7); device ('cpu' → 'auto'): allowed" in capsys.readouterr().out
     assert tensors_equal(copy.out / "supernet" / "supernet.safetensors", reference.out / "supernet" / "supernet.safetensors")
-    ours = EventAccumulator(str(copy.out / "supernet" / "tb")).Reload().Scalars("train/loss")
-    theirs = EventAccumulator(str(reference.out / "supernet" / "tb")).Reload().Scalars("train/loss")
-    assert [(e.step, e.value) for e in ours] == [(e.step, e.value) for e in theirs]  # epoch 2 once, no duplicate
+    for tag in ("train/loss", "perf/val_acc1"):  # epoch 2 once, no duplicate; the same validation accuracies
+        ours = EventAccumulator(str(copy.out / "supernet" / "tb")).Reload().Scalars(tag)
+        theirs = EventAccumulator(str(reference.out / "supernet" / "tb")).Reload().Scalars(tag)
+        assert [(e.step, e.value) for e in ours] == [(e.step, e.value) for e in theirs]
 
 
 def test_sigterm_from_outside_exits_75_and_the_search_stops_after_its_generation(copy, reference, monkeypatch, tmp_path):
@@ -349,9 +490,11 @@ def test_bad_config_and_output_paths_stop_before_any_file(copy, tmp_path, capsys
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_earlier_outputs(copy):
-    """Files over 40 kB cannot be written (RLIMIT_FSIZE, as a full disk): the supernet file (70 kB) fails."""
+    """Files over 40 kB cannot be written (RLIMIT_FSIZE, as a full disk): the supernet file (70 kB), which
+    a finished run writes again from its last checkpoint once one of its outputs is gone, fails."""
     supernet = copy.out / "supernet" / "supernet.safetensors"
     before = supernet.read_bytes()
+    (copy.out / "supernet" / "summary.json").unlink()
 
     def small_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG

@@ -13,10 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import stage
+from conftest import run_script
 from data import build_demo
 from glora import load_merged
-from engine.run import Stage, parse_args
+from engine.run import parse_args
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -24,10 +24,7 @@ pytestmark = pytest.mark.slow
 
 def run(name, config, *extra):
     """A stage in this process; what it holds (folder lock, signal handlers) is released as by its CLI."""
-    try:
-        stage(name).main(parse_args([str(config), *extra]))
-    finally:
-        Stage.release_all()
+    run_script(name, parse_args([str(config), *extra]))
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +265,9 @@ def test_import_a_supernet_state_dict_from_elsewhere(config, tmp_path):
     imported = load_file(out / "supernet" / "supernet.safetensors")
     assert imported.keys() == supernet.keys() and all(torch.equal(imported[k], supernet[k]) for k in supernet)
     run("search", config, "--set", f"output={out}")  # the search takes it as its own
+    before = (out / "supernet" / "supernet.safetensors").read_bytes()
+    run("train", config, "--set", f"output={out}", "--resume")  # an import is finished: nothing to resume
+    assert (out / "supernet" / "supernet.safetensors").read_bytes() == before
     assert (out / "search" / "best_subnet.yaml").is_file()
     r = cli(ROOT / "scripts" / "import_supernet.py", config, tmp_path / "release.pth", "--set", "glora.ranks=[8]",
             "--set", f"output={tmp_path / 'other'}")
