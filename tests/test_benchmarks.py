@@ -117,7 +117,7 @@ def _vtab_members(tasks, registry=TASKS, test_lines=None):
     """name -> bytes of a VTAB-1k copy in the NOAH layout under `vtab-1k/`, each image a shared tiny PNG.
 
     Lists keep the published line counts (test: the registry's); only the first images are written,
-    the rest of a list points at them again, so the copy stays tiny."""
+    the rest of a list points at them again (with the same label), so the copy stays tiny."""
     png, members = _png(), {}
     for name in tasks:
         k = registry[name].num_classes
@@ -131,7 +131,9 @@ def _vtab_members(tasks, registry=TASKS, test_lines=None):
         for i in range(200):
             members[f"vtab-1k/{name}/val/{i}.png"] = png
         n_test = test_lines if test_lines is not None else registry[name].test_size
-        test = [(images[i % len(images)], i % k) for i in range(n_test)]
+        for rel in images:  # test images apart from training ones (the same PNG under test/)
+            members[f"vtab-1k/{name}/test/{rel}"] = png
+        test = [(f"test/{images[i % len(images)]}", i % k) for i in range(n_test)]
         for split, items in (("train800", train), ("val200", val), ("train800val200", train + val), ("test", test)):
             members[f"vtab-1k/{name}/{split}.txt"] = "".join(f"{r} {lab}\n" for r, lab in items).encode()
     return members
@@ -186,7 +188,7 @@ def test_all_reports_a_broken_copy_task_by_task_with_exit_2(tmp_path, capsys, mo
     # fill each test list to its published size, cheaply, then break one thing per task
     for task in ("dtd", "kitti", "eurosat", "resisc45"):
         k, n = TASKS[task].num_classes, TASKS[task].test_size
-        (root / task / "test.txt").write_text("".join(f"images/{i % max(k, 4)}.png {i % k}\n" for i in range(n)))
+        (root / task / "test.txt").write_text("".join(f"test/images/{i % max(k, 4)}.png {i % k}\n" for i in range(n)))
     lines = (root / "dtd" / "test.txt").read_text().splitlines()
     (root / "dtd" / "test.txt").write_text("\n".join(lines[:-10]) + "\n")  # truncated
     (root / "kitti" / "images" / "2.png").unlink()  # listed, missing
