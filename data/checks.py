@@ -28,7 +28,8 @@ from .cache import default_workers
 from .layout import VTAB, Layout
 from .lists import SPLITS, Entry, read_list, task_dir
 from .registry import get_task, lookup
-from .transforms import decode_image
+from .modes import describe
+from .transforms import decode_image_mode
 from .classes import label_problems, resolve_num_classes
 
 _SHOWN = 5  # examples named in a message about many lines
@@ -252,19 +253,27 @@ def published_problems(lists: TaskLists) -> list[str]:
 
 
 def image_problems(entries: list[Entry], img_size: int = 224, interpolation: str = "bicubic",
-                   workers: int | None = None, desc: str = "check") -> list[str]:
-    """Decode every entry's image, keeping none: one message per image that cannot be read, in list order."""
+                   workers: int | None = None, desc: str = "check", modes: Counter | None = None) -> list[str]:
+    """Decode every entry's image, keeping none: one message per image that cannot be read, in list
+    order. `modes` counts the stored modes of the images read."""
 
-    def check(e: Entry) -> str | None:
+    def check(e: Entry) -> tuple[str | None, str | None]:
         try:
-            decode_image(e.path, img_size, interpolation)
+            return None, decode_image_mode(e.path, img_size, interpolation)[1]
         except UserError as exc:
-            return f"{e.where}: {exc}"
-        return None
+            return f"{e.where}: {exc}", None
 
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:  # PIL releases the GIL
-        found = tqdm(pool.map(check, entries), total=len(entries), desc=desc, unit="img", leave=False, disable=None)
-        return [p for p in found if p is not None]
+        found = list(tqdm(pool.map(check, entries), total=len(entries), desc=desc, unit="img", leave=False,
+                          disable=None))
+    if modes is not None:
+        modes.update(m for _, m in found if m is not None)
+    return [p for p, _ in found if p is not None]
+
+
+def mode_notes(modes: Counter) -> list[str]:
+    """A note per image mode that is read by a rule rather than as it is (16-bit, float)."""
+    return [f"{n} image(s) in mode {m}: {describe(m)}" for m, n in sorted(modes.items()) if describe(m)]
 
 
 def _few(items: list) -> str:

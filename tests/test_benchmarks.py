@@ -173,8 +173,9 @@ def test_prepare_vtab_refuses_an_archive_member_that_leaves_the_root(tmp_path):
     link = tarfile.TarInfo("vtab-1k/dtd/images/link.png")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     archive = _write_tar(tmp_path / "link.tar", {"vtab-1k/dtd/train800.txt": b"a.png 0\n"}, extra=[link])
-    prepare_vtab(archive, tmp_path / "root2", log=lambda *_: None)
-    assert not (tmp_path / "root2" / "dtd" / "images" / "link.png").exists()  # links are never written
+    with pytest.raises(UserError, match="is a symbolic link; a VTAB-1k archive holds files and folders only"):
+        prepare_vtab(archive, tmp_path / "root2", log=lambda *_: None)
+    assert not (tmp_path / "root2").exists()  # nothing written: not even the root
 
 
 def test_all_reports_a_broken_copy_task_by_task_with_exit_2(tmp_path, capsys, monkeypatch):
