@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # prepare-vtab has removed what it wrote by now
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _verify_all(root, img_size: int) -> int:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import lzma
 import os
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable
@@ -29,7 +32,9 @@ STAGING = ".prepare-vtab.tmp"  # inside the root while a run writes; gone when i
 LOCK = ".prepare-vtab.lock"
 MARGIN = 64 << 20  # bytes left free beyond what the files take (plus 1% of it)
 CHUNK = 1 << 20
-_BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError)
+# What reading a damaged archive raises (zlib, lzma and struct errors escape tarfile and zipfile here and there).
+_BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError,
+           zlib.error, lzma.LZMAError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,9 @@ def open_source(path: Path) -> Source:
         return TarSource(path)
     except tarfile.ReadError as e:
         if path.name.lower().endswith(ARCHIVES):
-            raise UserError(f"{path}: not a readable {_suffix(path)} archive ({e}): it is damaged or cut short; "
+            kind = _suffix(path)
+            why = "its end, the member list, is missing" if kind == "zip" else str(e).splitlines()[0].rstrip(":")
+            raise UserError(f"{path}: not a readable {kind} archive ({why}): it is damaged or cut short; "
                             "download it again (nothing was written)") from None
         raise UserError(f"{path}: neither a folder nor a zip or tar archive ({', '.join(ARCHIVES)})") from None
     except _BROKEN as e:
@@ -155,7 +162,7 @@ class TarSource(Source):
         end of a compressed stream is also where gzip, bz2 and xz check it."""
         f = self.tar.fileobj
         if f.tell() < self.tar.offset + 512:
-            raise self.damaged(f"it stops after {len(self.infos)} members, inside a header")
+            raise self.damaged(f"it ends after {len(self.infos)} members without the end-of-archive block")
         while chunk := f.read(CHUNK):
             if chunk.count(0) != len(chunk):
                 raise self.damaged(f"member {len(self.infos) + 1} has an unreadable header")
@@ -233,14 +240,16 @@ def unpack(source: Source, plan: dict[Member, Path], root: Path, log=print) -> i
     """Write each planned member to its destination under `root`, all or nothing; returns the number
     written. A destination that already holds a file of the member's size is left as it is."""
     real_root = Path(os.path.realpath(root))
-    todo, files, folders = {}, set(), set()
-    for m, dest in plan.items():
-        _check_destination(dest, root, real_root)
+    files, folders = set(), set()
+    for dest in plan.values():
         if dest in files or dest in folders or any(p in files for p in dest.parents):
             raise UserError(f"{dest}: two members of the source write this path (or a folder of it): refusing "
                             "the source (nothing was written)")
         files.add(dest)
         folders.update(dest.parents)
+    todo = {}
+    for m, dest in plan.items():
+        _check_destination(dest, root, real_root)
         if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == m.size:
             continue  # there already (a second run, or a second archive over the same root)
         todo[dest] = m
@@ -252,6 +261,7 @@ def unpack(source: Source, plan: dict[Member, Path], root: Path, log=print) -> i
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's (the lock says none is running)
     moved: list[tuple[Path, Path | None]] = []  # (dest, its previous file's place in staging)
     made: list[Path] = []  # folders this run created
+    times = {f: _times(f) for f in {d.parent for d in todo} | {root} if f.is_dir()}  # what undoing sets back
     try:
         staged = {}
         for i, (dest, m) in enumerate(todo.items()):
@@ -270,6 +280,8 @@ def unpack(source: Source, plan: dict[Member, Path], root: Path, log=print) -> i
     except BaseException as e:
         _undo(moved, made)
         shutil.rmtree(staging, ignore_errors=True)
+        for folder, (atime, mtime) in times.items():
+            os.utime(folder, ns=(atime, mtime))
         if isinstance(e, UserError):
             raise
         if isinstance(e, _BROKEN):
@@ -315,6 +327,11 @@ def copy(src: BinaryIO, out: BinaryIO) -> int:
         out.write(chunk)
         n += len(chunk)
     return n
+
+
+def _times(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_atime_ns, st.st_mtime_ns
 
 
 def _mkdirs(folder: Path) -> list[Path]:
