@@ -83,7 +83,7 @@ def _from_float(img: Image.Image, path) -> np.ndarray:
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
     if lo >= -_HALF and hi <= 1 + _HALF:
         v = v * 255
-    elif not (lo >= -0.5 and hi <= 255.5):
+    elif not (lo >= -0.5 and 1 < hi <= 255.5):
         raise UserError(f"image {path} has mode {img.mode} with values in [{lo:g}, {hi:g}], neither [0, 1] nor "
                         f"[0, 255]: rescale it to [0, 1] (or {_FIX})")
     return np.clip(np.rint(v), 0, 255).astype(np.uint8)
