@@ -2,6 +2,9 @@
 (uint8 batch → float), together bitwise equal to torchvision Resize + ToTensor + Normalize for 8-bit
 images; other image modes are read as data/modes.py says (16-bit and float grey scaled, or refused)."""
 
+import os
+import stat
+
 import numpy as np
 import torch
 from PIL import Image
@@ -50,6 +53,8 @@ def decode_image_mode(path, img_size: int = 224, interpolation: str = "bicubic")
     """`decode_image` and the mode the file was stored in (the checker notes modes read by a rule)."""
     resample = resample_mode(interpolation)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a folder, a fifo (which would block), a device
+            raise UserError(f"image {path} is not a file: replace it by the image or drop its line from the list")
         with Image.open(path) as img:
             mode = img.mode
             img = to_rgb(img, path).resize((img_size, img_size), resample)
