@@ -136,6 +136,7 @@ class _Files:
         self.digests: dict = {}
 
     def identity(self, path) -> tuple | str:
+        path = os.fspath(path)
         key = self.ids.get(path)
         if key is None:
             try:

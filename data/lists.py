@@ -125,10 +125,15 @@ def _parse_line(path: Path, lineno: int, line: str, root: Path, base: Path | Non
                         f"'<relative/image/path> <integer label>'")
     rel, label = fields
     image = (path.parent if base is None else base) / rel
-    if Path(rel).is_absolute() or not Path(os.path.normpath(image)).is_relative_to(root):
+    if os.path.isabs(rel) or not inside(os.path.normpath(image), str(root)):
         raise UserError(f"{path}:{lineno}: image path {rel!r} leaves the data root {root}: "
                         f"give paths relative to the task folder, inside the data root")
     return Entry(rel, image, int(label), f"{path}:{lineno}")
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether the normalized `path` is `folder` or lies under it (strings: pathlib is slow on long lists)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class _Inside:
@@ -136,19 +141,18 @@ class _Inside:
     Folders are resolved once each, so a list of 73,728 lines costs one lstat per line."""
 
     def __init__(self, root: Path):
-        self.root, self.real_root = root, Path(os.path.realpath(root))
+        self.root, self.real_root = root, os.path.realpath(root)
         self.folders: dict[str, str] = {}
 
     def check(self, e: Entry) -> None:
-        image = os.path.normpath(e.path)
-        folder, name = os.path.split(image)
+        folder, name = os.path.split(os.path.normpath(e.path))
         real = self.folders.get(folder)
         if real is None:
             real = self.folders[folder] = os.path.realpath(folder)
         real = os.path.join(real, name)
         if os.path.islink(real):
             real = os.path.realpath(real)
-        if not Path(real).is_relative_to(self.real_root):
+        if not inside(real, self.real_root):
             raise UserError(f"{e.where}: image path {e.rel!r} leads through a symbolic link to {real}, outside the "
                             f"data root {self.root}: links may point only inside the data root; copy the images "
                             "into it, or set data.root to a folder that holds both")

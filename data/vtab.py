@@ -2,7 +2,10 @@
 counts (data/classes.py), a task's splits (data/splits.py), evaluation-only sets (data/test_sets.py)
 and the uncached dataset (data/dataset.py)."""
 
-from .classes import label_problems, resolve_num_classes, task_num_classes  # noqa: F401
-from .dataset import VTABDataset  # noqa: F401
-from .splits import SplitData, load_split, read_split  # noqa: F401
-from .test_sets import load_test_set, read_test_set  # noqa: F401
+from .classes import label_problems, resolve_num_classes, task_num_classes
+from .dataset import VTABDataset
+from .splits import SplitData, load_split, read_split
+from .test_sets import load_test_set, read_test_set
+
+__all__ = ["SplitData", "VTABDataset", "label_problems", "load_split", "load_test_set", "read_split", "read_test_set",
+           "resolve_num_classes", "task_num_classes"]
