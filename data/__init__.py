@@ -21,8 +21,8 @@ Bad input raises glora.errors.UserError with a one-line message.
 
 from .cache import CachedImages
 from .demo import DEMO_TASK, build_demo
-from .layout import Layout
-from .lists import SPLITS, read_list, write_list
+from .layout import SPLITS, Layout
+from .lists import read_list, write_list
 from .loader import BatchLoader
 from .registry import GROUPS, TASKS, Task, get_task
 from .synthetic import build_synthetic

@@ -25,8 +25,8 @@ from glora.errors import UserError
 from glora.io import file_sha256
 
 from .cache import default_workers
-from .layout import VTAB, Layout
-from .lists import SPLITS, Entry, read_list, task_dir
+from .layout import SPLITS, VTAB, Layout
+from .lists import Entry, read_list, task_dir
 from .registry import get_task, lookup
 from .modes import describe
 from .transforms import decode_image_mode

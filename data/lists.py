@@ -11,7 +11,7 @@ from typing import Iterable
 from glora.errors import UserError
 from glora.io import write_bytes
 
-from .layout import SPLITS, Layout, ListFile
+from .layout import Layout, ListFile
 
 LAYOUT_HINT = Layout().hint
 _PROBE = 20  # entries whose images decide which candidate folder a list's paths are relative to

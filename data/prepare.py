@@ -12,7 +12,7 @@ from typing import Iterator
 from glora.errors import UserError
 
 from .checks import image_problems, mode_notes, published_problems, read_task
-from .lists import SPLITS
+from .layout import SPLITS
 from .registry import TASKS
 from .unpack import FolderSource, Member, RootLock, open_source, refuse_unsafe, unpack
 
@@ -91,15 +91,13 @@ def _task_members(names: list[str]) -> dict[str, str]:
 
 def _plan(members: list[Member], prefixes: dict[str, str], root: Path) -> dict[Member, Path]:
     """Each file of a task folder in the source -> its place under `root` (a `.cache/` is left out)."""
+    heads = {(f"{prefix}/{task}/" if prefix else f"{task}/"): task for task, prefix in prefixes.items()}
     plan = {}
     for m in members:
-        for task, prefix in prefixes.items():
-            head = f"{prefix}/{task}/" if prefix else f"{task}/"
-            if m.kind == "file" and m.name.startswith(head) and len(m.name) > len(head):
-                rel = PurePosixPath(m.name[len(head):])
-                if rel.parts[0] != ".cache":
-                    plan[m] = root / task / rel
-                break
+        head = next((h for h in heads if m.name.startswith(h)), None)
+        rel = m.name[len(head):] if head else ""
+        if m.kind == "file" and rel and not rel.startswith(".cache/"):
+            plan[m] = root / heads[head] / rel
     return plan
 
 

@@ -1,7 +1,6 @@
 """Every image mode PIL opens decodes to the picture of its 8-bit twin, or is refused with one line
 naming the file, its mode and the fix (data/modes.py); the checker and every stage read images
 through that one decode, and a 16-bit task trains exactly as its 8-bit twin does."""
-import io
 import shutil
 import struct
 import zlib
