@@ -80,12 +80,12 @@ def read_list(path, root=None, problems: list[str] | None = None, bases=None) ->
         raise UserError(f"list file {path} is not UTF-8 text: {LAYOUT_HINT}") from None
     entries, bad = [], []
     base = _base(path, text, bases)
-    inside = _Inside(root)
+    links = _Links(root)
     for lineno, line in enumerate(text.splitlines(), start=1):
         try:
             entry = _parse_line(path, lineno, line, root, base)
             if entry is not None:
-                inside.check(entry)
+                links.check(entry)
         except UserError as e:
             if problems is None:
                 raise
@@ -136,7 +136,7 @@ def inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-class _Inside:
+class _Links:
     """Where an entry's image really is, links followed: inside the resolved data root, or an error.
     Folders are resolved once each, so a list of 73,728 lines costs one lstat per line."""
 
