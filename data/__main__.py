@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             parser = argparse.ArgumentParser(
                 prog="python -m data prepare-vtab",
                 description="Unpack the 19 VTAB-1k tasks of the NOAH layout from an archive (zip, tar, tar.gz, ...) "
-                            "or a folder into ROOT (only the task folders; nothing may land outside ROOT), then "
-                            "verify every task and print one table. Exit status 2 if any task is wrong or missing.")
+                            "or a folder into ROOT (only the task folders), all or nothing: a damaged archive, an "
+                            "unsafe member (a link, a device, a path leaving ROOT) or too little free space is "
+                            "refused before anything is written, and a failure midway removes what the run wrote. "
+                            "Then verify every task and print one table. Exit status 2 if any task is wrong or missing.")
             parser.add_argument("src", help="the VTAB-1k archive or folder (<...>/<task>/{train800,val200,"
                                 "train800val200,test}.txt plus images)")
             parser.add_argument("--root", required=True, help="data root to write <task>/ folders into")

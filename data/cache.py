@@ -12,6 +12,7 @@ A cache file is built under a temp name, locked while written, and renamed into 
 is killed leaves a temp file no reader looks at, and the next build of that file removes it.
 """
 
+import errno
 import fcntl
 import glob
 import hashlib
@@ -34,7 +35,7 @@ from glora.io import atomic_write
 from .lists import Entry
 from .transforms import decode_image, resample_mode
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 16-bit and float images read by data/modes.py (1 clipped them)
 CHUNK = 256  # images decoded between two writes of a cache file: what building one holds
 _log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def write_cache(path, entries: list[Entry], labels: torch.Tensor, key: str, img_
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # held until closed, or until this process dies: see remove_dead_temps
+            _lock(f)  # held until closed, or until this process dies: see remove_dead_temps
             f.write(header)
             f.write(labels.to(torch.int64).contiguous().numpy().tobytes())
             for _, chunk in decode_chunks(entries, img_size, interpolation, workers, desc):
@@ -234,6 +235,13 @@ def write_cache(path, entries: list[Entry], labels: torch.Tensor, key: str, img_
     remove_dead_temps(path)
     atomic_write(path, write)
     return CachedImages(path, len(header) + labels.numel() * 8, shape)
+
+
+def _lock(f) -> None:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: the temp file of a killed build then stays
+        pass
 
 
 def remove_dead_temps(path) -> list[Path]:
@@ -250,7 +258,9 @@ def remove_dead_temps(path) -> list[Path]:
                 tmp.unlink()
         except (BlockingIOError, FileNotFoundError):
             continue  # being written, or already gone
-        except OSError as exc:
+        except OSError as exc:  # no locks here (some network file systems): who writes it is unknown
+            if exc.errno == errno.ENOLCK:
+                continue
             _log.warning("cannot remove %s, left by a killed build (%s)", tmp, " ".join(str(exc).split()))
             continue
         _log.info("removed %s, left by a killed build", tmp)

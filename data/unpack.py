@@ -32,7 +32,7 @@ from glora.errors import UserError
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 STAGING = ".prepare-vtab.tmp"  # inside the root while a run writes; gone when it ends
 LOCK = ".prepare-vtab.lock"
-MARGIN = 64 << 20  # bytes left free beyond what the files take (plus 1% of it)
+MARGIN = 1 << 20  # bytes left free beyond what the files take (plus 1% of it)
 CHUNK = 1 << 20
 # What reading a damaged archive raises (zlib, lzma and struct errors escape tarfile and zipfile here and there).
 _BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError,
@@ -419,8 +419,10 @@ class RootLock:
         self.root = root
         self.made: list[Path] = []
         self.file = None
+        self.times = None
 
     def __enter__(self) -> Path:
+        self.times = _times(self.root) if self.root.is_dir() else None
         try:
             self.made = _mkdirs(self.root)
             self.file = open(self.root / LOCK, "a")
@@ -433,11 +435,15 @@ class RootLock:
             self.file.close()
             self.file = None
             raise UserError(f"{self.root}: another prepare-vtab is writing into it; wait for it to end") from None
+        except OSError:  # a file system without locks: one run at a time is then the user's to keep
+            pass
         shutil.rmtree(self.root / STAGING, ignore_errors=True)  # a killed run's: no run holds the lock
         return self.root
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self._release()
+        if kind is not None and self.times is not None:  # a failed run: the root's times as they were
+            os.utime(self.root, ns=self.times)
 
     def _release(self) -> None:
         if self.file is not None:
