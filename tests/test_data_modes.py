@@ -163,14 +163,11 @@ def test_an_unknown_mode_is_refused_by_name():
 
 
 def _twin_task(demo_root: Path, name: str, convert) -> Path:
-    """A copy of the demo task with every image rewritten by `convert` (same lists)."""
+    """A copy of the demo task (the same lists) with every image rewritten by `convert`."""
     src, folder = demo_root / "digits", demo_root / name
     shutil.copytree(src, folder, ignore=shutil.ignore_patterns(".cache", "*.png"))
-    for split in ("train800", "val200", "train800val200", "test"):
-        items = [(e.rel, e.label) for e in read_list(src / f"{split}.txt")]
-        for rel, _ in items:
-            convert(Image.open(src / rel), folder / rel)
-        write_list(folder / f"{split}.txt", items)
+    for image in (src / "images").iterdir():
+        convert(Image.open(image), folder / "images" / image.name)
     return folder
 
 
@@ -191,25 +188,30 @@ def test_the_checker_reads_16_bit_and_float_tasks_and_says_how(twins, capsys):
         out = capsys.readouterr().out.splitlines()
         assert f"note: {note} (0..65535 -> 0..255)" in out if task == "digits16" else any(note in l for l in out)
         assert out[-1] == f"ok: task {task} passes every rule and every image reads"
-    for split in ("train800", "test"):
+    for split in ("val200",):  # every split, and training on them: the test below
         eight = load_split(twins, "digits", split, img_size=32)
         for task in ("digits16", "digitsf"):
             assert torch.equal(load_split(twins, task, split, img_size=32).images[:], eight.images[:]), (task, split)
 
 
-def test_a_float_image_out_of_range_is_one_error_line_in_the_checker(twins, tmp_path, capsys):
-    folder = tmp_path / "floats"
-    shutil.copytree(twins / "digitsf", folder / "digitsf", ignore=shutil.ignore_patterns(".cache"))
-    bad = folder / "digitsf" / read_list(folder / "digitsf" / "test.txt")[3].rel
-    Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(bad, format="TIFF")
-    assert main(["--root", str(folder), "--task", "digitsf", "--img-size", "8"]) == 2
+def test_a_float_image_out_of_range_is_one_error_line_in_the_checker(tmp_path, capsys):
+    from test_data import make_task
+
+    task = make_task(tmp_path)
+    entry = read_list(task / "test.txt")[3]
+    bad = entry.path.with_suffix(".tif")
+    Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(bad)
+    items = [(e.rel, e.label) for e in read_list(task / "test.txt")]
+    items[3] = (str(bad.relative_to(task)), items[3][1])
+    write_list(task / "test.txt", items)
+    assert main(["--root", str(tmp_path), "--task", "photos", "--img-size", "8"]) == 2
     out, err = capsys.readouterr()
-    assert err.splitlines() == [f"error: {folder / 'digitsf' / 'test.txt'}:4: image {bad} has mode F with values in "
-                                "[300, 300], neither [0, 1] nor [0, 255]: rescale it to [0, 1] (or save it as 8-bit "
-                                "RGB or grey (or 16-bit grey, or float grey in [0, 1]) or drop its line from the list)"]
-    assert out.splitlines()[-1] == "not ok: task digitsf has 1 problem (the error: lines above)"
+    assert err.splitlines() == [f"error: {task / 'test.txt'}:4: image {bad} has mode F with values in [300, 300], "
+                                "neither [0, 1] nor [0, 255]: rescale it to [0, 1] (or save it as 8-bit RGB or grey "
+                                "(or 16-bit grey, or float grey in [0, 1]) or drop its line from the list)"]
+    assert out.splitlines()[-1] == "not ok: task photos has 1 problem (the error: lines above)"
     with pytest.raises(UserError, match=r"test.txt:4: image .* has mode F with values in \[300, 300\]"):
-        load_split(folder, "digitsf", "test", img_size=8)
+        load_split(tmp_path, "photos", "test", img_size=8)
 
 
 @pytest.mark.slow
