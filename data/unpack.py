@@ -88,6 +88,8 @@ def open_source(path: Path) -> Source:
     """The folder, zip or tar at `path`, its member list read whole; a damaged archive is a UserError."""
     if path.is_dir():
         return FolderSource(path)
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path}: cannot read it (permission denied): fix its permissions or copy it elsewhere")
     if zipfile.is_zipfile(path):
         return ZipSource(path)
     try:

@@ -24,6 +24,7 @@ from engine.method import check
 from engine.validate import validate_config
 from glora.errors import UserError
 from noah import build_dg, build_fewshot
+from test_prepare import write_tar
 from search.score import count_correct
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,22 +140,11 @@ def _vtab_members(tasks, registry=TASKS, test_lines=None):
     return members
 
 
-def _write_tar(path: Path, members: dict, extra=()):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra:
-            tar.addfile(info)
-    return path
-
-
 def test_prepare_vtab_from_a_tar_and_verify_every_task(tmp_path, monkeypatch):
     # Keep it small: the test lists of dtd and kitti hold 1,880 and 711 lines.
     subset = {t: TASKS[t] for t in ("dtd", "kitti")}
     monkeypatch.setattr("data.prepare.TASKS", subset)
-    archive = _write_tar(tmp_path / "vtab.tar.gz", _vtab_members(subset))
+    archive = write_tar(tmp_path / "vtab.tar.gz", _vtab_members(subset), mode="w:gz")
     root = tmp_path / "root"
     assert sorted(prepare_vtab(archive, root, log=lambda *_: None)) == ["dtd", "kitti"]
     rows = list(verify_vtab(root, img_size=8))
@@ -166,13 +156,13 @@ def test_prepare_vtab_from_a_tar_and_verify_every_task(tmp_path, monkeypatch):
 
 def test_prepare_vtab_refuses_an_archive_member_that_leaves_the_root(tmp_path):
     members = {"vtab-1k/dtd/train800.txt": b"a.png 0\n", "vtab-1k/dtd/../../evil.txt": b"x"}
-    archive = _write_tar(tmp_path / "evil.tar", members)
+    archive = write_tar(tmp_path / "evil.tar", members)
     with pytest.raises(UserError, match="outside"):
         prepare_vtab(archive, tmp_path / "root", log=lambda *_: None)
     assert not (tmp_path / "evil.txt").exists()
     link = tarfile.TarInfo("vtab-1k/dtd/images/link.png")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    archive = _write_tar(tmp_path / "link.tar", {"vtab-1k/dtd/train800.txt": b"a.png 0\n"}, extra=[link])
+    archive = write_tar(tmp_path / "link.tar", {"vtab-1k/dtd/train800.txt": b"a.png 0\n"}, extra=[link])
     with pytest.raises(UserError, match="is a symbolic link; a VTAB-1k archive holds files and folders only"):
         prepare_vtab(archive, tmp_path / "root2", log=lambda *_: None)
     assert not (tmp_path / "root2").exists()  # nothing written: not even the root
