@@ -1,6 +1,7 @@
 """Data for every stage: task registries and list layouts (VTAB-1k, NOAH's few-shot FGVC and domain
-generalization: data/layout.py), list files, one transform, decode-once cache, loaders, VTAB-1k
-preparation and verification (data/prepare.py).
+generalization: data/layout.py), list files and their rules (data/checks.py), class counts, one
+decode for every image mode (data/modes.py) and transform, decode-once cache, splits and loaders,
+evaluation-only test sets, VTAB-1k preparation and verification (data/prepare.py).
 
     load_split(root, task, split, *, num_classes=None, img_size=224, interpolation="bicubic",
                cache=True, cache_dir=None, workers=None, layout=None) -> SplitData   # .images uint8, .labels
@@ -20,13 +21,15 @@ Bad input raises glora.errors.UserError with a one-line message.
 
 from .cache import CachedImages
 from .demo import DEMO_TASK, build_demo
-from .layout import Layout
-from .lists import SPLITS, read_list, write_list
+from .layout import SPLITS, Layout
+from .lists import read_list, write_list
 from .loader import BatchLoader
 from .registry import GROUPS, TASKS, Task, get_task
 from .synthetic import build_synthetic
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, decode_image, normalize
-from .vtab import SplitData, VTABDataset, load_split, read_split, task_num_classes
+from .classes import task_num_classes
+from .dataset import VTABDataset
+from .splits import SplitData, load_split, read_split
 
 __all__ = [
     "BatchLoader", "CachedImages", "DEMO_TASK", "GROUPS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Layout",

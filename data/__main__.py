@@ -3,7 +3,8 @@
 unpack and verify VTAB-1k (`python -m data prepare-vtab SRC --root R`), build the demo
 (`python -m data build-demo --root R`) or a synthetic task of any size
 (`python -m data build-synthetic --root R --test 20000`). Each problem prints one `error: ...`
-line (the checker reports all it finds, not just the first) and the exit status is 2."""
+line (the checker reports all it finds, not just the first, and ends with one verdict line) and the
+exit status is 2."""
 
 import argparse
 import sys
@@ -13,7 +14,7 @@ from typing import Iterator
 
 from glora.errors import UserError
 
-from .checks import image_problems, published_problems, read_task
+from .checks import image_problems, mode_notes, published_problems, read_task
 from .demo import build_demo
 from .layout import BENCHMARKS, VTAB, Layout
 from .prepare import prepare_vtab, table, verify_vtab
@@ -31,15 +32,24 @@ def check_task(root, task: str, num_classes: int | None = None, img_size: int = 
     if lists.num_classes is not None:
         yield f"task {task}: {lists.num_classes} classes ({lists.source})"
     yield from (f"note: {n}" for n in lists.notes)
-    seen = set()  # train800val200 repeats train800 and val200: decode each image once
+    seen, modes = set(), Counter()  # train800val200 repeats train800 and val200: decode each image once
     for split, entries in lists.entries.items():
-        problems += image_problems([e for e in entries if e.path not in seen], img_size, desc=f"check {task}/{split}")
+        problems += image_problems([e for e in entries if e.path not in seen], img_size, desc=f"check {task}/{split}",
+                                   modes=modes)
         seen.update(e.path for e in entries)
         counts = Counter(e.label for e in entries)
         source = "" if lists.layout.benchmark == VTAB else f" ({lists.files[split].name})"
         yield f"{split}{source}: {len(entries)} images, {len(counts)} classes"
         histogram = " ".join(f"{c}:{counts[c]}" for c in sorted(counts))
         yield from textwrap.wrap(histogram, 100, initial_indent="  per class: ", subsequent_indent="    ")
+    yield from (f"note: {n}" for n in mode_notes(modes))
+
+
+def verdict(task: str, problems: list[str]) -> str:
+    """The checker's last line: ok, or how many problems the `error:` lines above name."""
+    if not problems:
+        return f"ok: task {task} passes every rule and every image reads"
+    return f"not ok: task {task} has {len(problems)} problem{'s' * (len(problems) > 1)} (the error: lines above)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             parser = argparse.ArgumentParser(
                 prog="python -m data prepare-vtab",
                 description="Unpack the 19 VTAB-1k tasks of the NOAH layout from an archive (zip, tar, tar.gz, ...) "
-                            "or a folder into ROOT (only the task folders; nothing may land outside ROOT), then "
-                            "verify every task and print one table. Exit status 2 if any task is wrong or missing.")
+                            "or a folder into ROOT (only the task folders), all or nothing: a damaged archive, an "
+                            "unsafe member (a link, a device, a path leaving ROOT) or too little free space is "
+                            "refused before anything is written, and a failure midway removes what the run wrote. "
+                            "Then verify every task and print one table. Exit status 2 if any task is wrong or missing.")
             parser.add_argument("src", help="the VTAB-1k archive or folder (<...>/<task>/{train800,val200,"
                                 "train800val200,test}.txt plus images)")
             parser.add_argument("--root", required=True, help="data root to write <task>/ folders into")
@@ -102,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
+        sys.stderr.flush()
+        print(verdict(args.task, problems))
         return 2 if problems else 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # prepare-vtab has removed what it wrote by now
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _verify_all(root, img_size: int) -> int:

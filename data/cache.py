@@ -1,17 +1,26 @@
 """Decode-once cache: a split decoded and resized once into uint8 images, kept as a safetensors file.
 
-A cache file is keyed by a hash of the list's entries, each image file's size and modification
-time, the image size, the resize method and FORMAT_VERSION; on load it is checked against the list,
-and anything stale or unreadable is rebuilt. It is written chunk by chunk and read batch by batch
-(`CachedImages`), so neither building nor reading it holds more than a chunk or a batch of images,
-however large the split.
+A cache file is keyed by a hash of the list's entries, each image file's size, modification time,
+inode number and status-change time, the image size, the resize method and FORMAT_VERSION; on load
+it is checked against the list, and anything stale or unreadable is rebuilt. A copy that keeps size
+and modification time (`cp -p`, `rsync -a`, `tar x` of a corrected image) still writes the file, and
+that sets its status-change time (and, but for `cp -p` onto the old file, gives it a new inode),
+which nothing can set back. It is written chunk by chunk and read batch by batch (`CachedImages`), so
+neither building nor reading it holds more than a chunk or a batch of images, however large the split.
+
+A cache file is built under a temp name, locked while written, and renamed into place: a build that
+is killed leaves a temp file no reader looks at, and the next build of that file removes it.
 """
 
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +35,7 @@ from glora.io import atomic_write
 from .lists import Entry
 from .transforms import decode_image, resample_mode
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 16-bit and float images read by data/modes.py (1 clipped them)
 CHUNK = 256  # images decoded between two writes of a cache file: what building one holds
 _log = logging.getLogger(__name__)
 
@@ -90,12 +99,13 @@ def decode_split(
 
 def cache_key(entries: list[Entry], img_size: int, interpolation: str) -> str:
     """Hash of everything the decoded tensor depends on: the list, the size and method, and each
-    image file's size and modification time (an image edited in place changes the key)."""
+    image file's size, modification time, inode and status-change time (an image edited in place,
+    or replaced by a copy that keeps size and modification time, changes the key)."""
     h = hashlib.sha256(f"v{FORMAT_VERSION} {img_size} {interpolation}\n".encode())
     for e in entries:
         try:
             st = os.stat(e.path)
-            stamp = f"{st.st_size} {st.st_mtime_ns}"
+            stamp = f"{st.st_size} {st.st_mtime_ns} {st.st_ino} {st.st_ctime_ns}"
         except OSError:  # decoding it will say what is wrong
             stamp = "unreadable"
         h.update(f"{e.rel}\t{e.label}\t{stamp}\n".encode())
@@ -216,13 +226,46 @@ def write_cache(path, entries: list[Entry], labels: torch.Tensor, key: str, img_
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
+            _lock(f)  # held until closed, or until this process dies: see remove_dead_temps
             f.write(header)
             f.write(labels.to(torch.int64).contiguous().numpy().tobytes())
             for _, chunk in decode_chunks(entries, img_size, interpolation, workers, desc):
                 f.write(memoryview(chunk.numpy()).cast("B"))
 
+    remove_dead_temps(path)
     atomic_write(path, write)
     return CachedImages(path, len(header) + labels.numel() * 8, shape)
+
+
+def _lock(f) -> None:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: the temp file of a killed build then stays
+        pass
+
+
+def remove_dead_temps(path) -> list[Path]:
+    """Remove the temp files of `path` whose writer is gone (a build killed mid-write): no lock on
+    them, and not the empty file of a build that has just begun. Returns what it removed."""
+    path, removed = Path(path), []
+    for tmp in map(Path, glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp"))):
+        try:
+            with open(tmp, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                st = os.fstat(f.fileno())
+                if st.st_size == 0 and time.time() - st.st_mtime < 60:
+                    continue  # made by a build that is about to lock it
+                tmp.unlink()
+        except (BlockingIOError, FileNotFoundError):
+            continue  # being written, or already gone
+        except OSError as exc:  # no locks here (some network file systems): who writes it is unknown
+            if exc.errno == errno.ENOLCK:
+                continue
+            _log.warning("cannot remove %s, left by a killed build (%s)", tmp, " ".join(str(exc).split()))
+            continue
+        _log.info("removed %s, left by a killed build", tmp)
+        removed.append(tmp)
+    return removed
 
 
 def cached_images(

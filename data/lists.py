@@ -11,7 +11,7 @@ from typing import Iterable
 from glora.errors import UserError
 from glora.io import write_bytes
 
-from .layout import SPLITS, Layout, ListFile  # noqa: F401 (SPLITS is imported from here)
+from .layout import Layout, ListFile
 
 LAYOUT_HINT = Layout().hint
 _PROBE = 20  # entries whose images decide which candidate folder a list's paths are relative to
@@ -64,8 +64,9 @@ def read_list(path, root=None, problems: list[str] | None = None, bases=None) ->
     Paths are relative to the list's folder, or to the first of `bases` that holds the first images
     of the list (NOAH's lists sit in `annotations/`, their images in `images/` or beside it).
     A UTF-8 byte-order mark is dropped. Every path must stay inside the data `root` (default: the
-    folder above the task folder, `<root>/<task>/<split>.txt`). A bad line raises a UserError; with
-    a `problems` list, each bad line is appended there instead and skipped.
+    folder above the task folder, `<root>/<task>/<split>.txt`), as written and once symbolic links
+    are followed: a link may point anywhere inside the root, never out of it. A bad line raises a
+    UserError; with a `problems` list, each bad line is appended there instead and skipped.
     """
     if isinstance(path, ListFile):
         path, bases = path.path, path.bases
@@ -79,9 +80,12 @@ def read_list(path, root=None, problems: list[str] | None = None, bases=None) ->
         raise UserError(f"list file {path} is not UTF-8 text: {LAYOUT_HINT}") from None
     entries, bad = [], []
     base = _base(path, text, bases)
+    links = _Links(root)
     for lineno, line in enumerate(text.splitlines(), start=1):
         try:
             entry = _parse_line(path, lineno, line, root, base)
+            if entry is not None:
+                links.check(entry)
         except UserError as e:
             if problems is None:
                 raise
@@ -121,10 +125,37 @@ def _parse_line(path: Path, lineno: int, line: str, root: Path, base: Path | Non
                         f"'<relative/image/path> <integer label>'")
     rel, label = fields
     image = (path.parent if base is None else base) / rel
-    if Path(rel).is_absolute() or not Path(os.path.normpath(image)).is_relative_to(root):
+    if os.path.isabs(rel) or not inside(os.path.normpath(image), str(root)):
         raise UserError(f"{path}:{lineno}: image path {rel!r} leaves the data root {root}: "
                         f"give paths relative to the task folder, inside the data root")
     return Entry(rel, image, int(label), f"{path}:{lineno}")
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether the normalized `path` is `folder` or lies under it (strings: pathlib is slow on long lists)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class _Links:
+    """Where an entry's image really is, links followed: inside the resolved data root, or an error.
+    Folders are resolved once each, so a list of 73,728 lines costs one lstat per line."""
+
+    def __init__(self, root: Path):
+        self.root, self.real_root = root, os.path.realpath(root)
+        self.folders: dict[str, str] = {}
+
+    def check(self, e: Entry) -> None:
+        folder, name = os.path.split(os.path.normpath(e.path))
+        real = self.folders.get(folder)
+        if real is None:
+            real = self.folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not inside(real, self.real_root):
+            raise UserError(f"{e.where}: image path {e.rel!r} leads through a symbolic link to {real}, outside the "
+                            f"data root {self.root}: links may point only inside the data root; copy the images "
+                            "into it, or set data.root to a folder that holds both")
 
 
 def list_text(items: Iterable[tuple[str, int]]) -> str:

@@ -1,22 +1,20 @@
 """VTAB-1k onto disk and verified: `prepare_vtab` unpacks the 19 tasks of the NOAH layout from an
-archive (zip, tar, tar.gz, ...) or a folder into a data root, safely (no member may land outside
-it, links and devices are skipped); `verify_vtab` checks every task of a root and gives one row each.
+archive (zip, tar, tar.gz, ...) or a folder into a data root, all or nothing and checked before a
+byte is written (data/unpack.py); `verify_vtab` checks every task of a root and gives one row each.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tarfile
-import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from glora.errors import UserError
 
-from .checks import image_problems, published_problems, read_task
-from .lists import SPLITS
+from .checks import image_problems, mode_notes, published_problems, read_task
+from .layout import SPLITS
 from .registry import TASKS
+from .unpack import FolderSource, Member, RootLock, open_source, refuse_unsafe, unpack
 
 
 @dataclass
@@ -52,8 +50,9 @@ def verify_task(root, task: str, *, img_size: int = 224, workers: int | None = N
     for entries in lists.entries.values():
         images += [e for e in entries if e.path not in seen]
         seen.update(e.path for e in entries)
-    problems += image_problems(images, img_size, workers=workers, desc=f"check {task}")
-    return TaskStatus(task, group, "wrong" if problems else "ok", problems, lists.notes, len(images))
+    modes = Counter()
+    problems += image_problems(images, img_size, workers=workers, desc=f"check {task}", modes=modes)
+    return TaskStatus(task, group, "wrong" if problems else "ok", problems, lists.notes + mode_notes(modes), len(images))
 
 
 def verify_vtab(root, tasks=None, **kwargs) -> Iterator[TaskStatus]:
@@ -76,8 +75,6 @@ def table(rows: list[TaskStatus]) -> str:
 
 # ------------------------------------------------------------------ unpacking
 
-ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
-
 
 def _task_members(names: list[str]) -> dict[str, str]:
     """task -> the prefix its folder has in the source (`vtab-1k/` in `vtab-1k/dtd/train800.txt`).
@@ -92,118 +89,38 @@ def _task_members(names: list[str]) -> dict[str, str]:
     return prefixes
 
 
-def _destination(root: Path, name: str, prefixes: dict[str, str]) -> Path | None:
-    """Where a source member goes under `root` (None: not part of a task), refusing escapes."""
-    if name.startswith("/") or "\\" in name or any(p == ".." for p in PurePosixPath(name).parts):
-        raise UserError(f"archive member {name!r} would be written outside {root}: refusing the archive")
-    for task, prefix in prefixes.items():
-        head = f"{prefix}/{task}/" if prefix else f"{task}/"
-        if name.startswith(head) and len(name) > len(head):
-            rel = name[len(head):]
-            if PurePosixPath(rel).parts[0] == ".cache":
-                return None
-            dest = root / task / rel
-            if not os.path.normpath(dest).startswith(os.path.normpath(root) + os.sep):
-                raise UserError(f"archive member {name!r} would be written outside {root}: refusing the archive")
-            return dest
-    return None
-
-
-def _copy_stream(src, dest: Path, size: int | None) -> bool:
-    """Write a member (skipped where a file of that size is there already); returns whether it wrote."""
-    if size is not None and dest.is_file() and dest.stat().st_size == size:
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_symlink() or not dest.parent.resolve().is_relative_to(root_of(dest)):
-        raise UserError(f"{dest}: a link in the data root leads outside it; remove it and prepare again")
-    tmp = dest.with_name(f".{dest.name}.part")
-    with open(tmp, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-    os.replace(tmp, dest)
-    return True
-
-
-def root_of(dest: Path) -> Path:
-    """The data root a destination `root/<task>/...` belongs to (its task folder's parent)."""
-    for parent in dest.parents:
-        if parent.name in TASKS:
-            return parent.parent.resolve()
-    return dest.parent.resolve()
+def _plan(members: list[Member], prefixes: dict[str, str], root: Path) -> dict[Member, Path]:
+    """Each file of a task folder in the source -> its place under `root` (a `.cache/` is left out)."""
+    heads = {(f"{prefix}/{task}/" if prefix else f"{task}/"): task for task, prefix in prefixes.items()}
+    plan = {}
+    for m in members:
+        head = next((h for h in heads if m.name.startswith(h)), None)
+        rel = m.name[len(head):] if head else ""
+        if m.kind == "file" and rel and not rel.startswith(".cache/"):
+            plan[m] = root / heads[head] / rel
+    return plan
 
 
 def prepare_vtab(src, root, log=print) -> list[str]:
-    """Unpack (or link/copy) the VTAB-1k tasks of `src` into `root`; returns the tasks found."""
+    """Unpack (or link/copy) the VTAB-1k tasks of `src` into `root`, all or nothing (data/unpack.py);
+    returns the tasks found."""
     src, root = Path(src).expanduser(), Path(root).expanduser()
     if not src.exists():
         raise UserError(f"{src}: no such archive or folder; give the VTAB-1k archive (zip/tar) or folder of the NOAH layout")
-    root.mkdir(parents=True, exist_ok=True)
-    root = root.resolve()
-    if src.is_dir():
-        found = _from_folder(src.resolve(), root, log)
-    elif zipfile.is_zipfile(src):
-        found = _from_zip(src, root, log)
-    elif tarfile.is_tarfile(src):
-        found = _from_tar(src, root, log)
-    else:
-        raise UserError(f"{src}: neither a folder nor a zip or tar archive ({', '.join(ARCHIVES)})")
+    with open_source(src) as source:
+        members = source.members()
+        if not isinstance(source, FolderSource):
+            refuse_unsafe(source, members)
+        prefixes = _task_members([m.name for m in members if m.kind == "file"])
+        if source.path.resolve() == root.resolve():
+            found = list(prefixes)  # the tasks are where they should be already
+        else:
+            with RootLock(root):
+                plan = _plan(members, prefixes, root.resolve())
+                written = unpack(source, plan, root.resolve(), log)
+                how = "linked or copied" if isinstance(source, FolderSource) else "unpacked"
+                log(f"{how} {written} files from {src} into {root} ({len(plan) - written} there already)")
+            found = list(prefixes)
     missing = [t for t in TASKS if t not in found]
     log(f"{len(found)} of {len(TASKS)} tasks found in {src}" + (f"; missing: {', '.join(missing)}" if missing else ""))
     return found
-
-
-def _from_zip(src: Path, root: Path, log) -> list[str]:
-    with zipfile.ZipFile(src) as z:
-        infos = [i for i in z.infolist() if not i.is_dir()]
-        prefixes = _task_members([i.filename for i in infos])
-        written = 0
-        for info in infos:
-            dest = _destination(root, info.filename, prefixes)
-            mode = (info.external_attr >> 16) & 0o170000
-            if dest is None or mode in (0o120000, 0o020000, 0o060000, 0o010000):  # links, devices, fifos
-                continue
-            with z.open(info) as f:
-                written += _copy_stream(f, dest, info.file_size)
-    log(f"unpacked {written} files from {src} into {root}")
-    return list(prefixes)
-
-
-def _from_tar(src: Path, root: Path, log) -> list[str]:
-    with tarfile.open(src) as tar:
-        members = tar.getmembers()
-        prefixes = _task_members([m.name for m in members if m.isfile()])
-        written = skipped = 0
-        for m in members:
-            dest = _destination(root, m.name, prefixes)
-            if dest is None:
-                continue
-            if not m.isfile():  # directories are made as needed; links and devices are never followed
-                skipped += not m.isdir()
-                continue
-            f = tar.extractfile(m)
-            written += _copy_stream(f, dest, m.size)
-    log(f"unpacked {written} files from {src} into {root}" + (f" ({skipped} links or special files skipped)" if skipped else ""))
-    return list(prefixes)
-
-
-def _from_folder(src: Path, root: Path, log) -> list[str]:
-    names = [str(p.relative_to(src).as_posix()) for p in src.rglob("*.txt") if p.is_file()]
-    prefixes = _task_members(names)
-    if src == root:
-        return list(prefixes)
-    written = 0
-    for task, prefix in prefixes.items():
-        folder = src / prefix / task
-        for path in folder.rglob("*"):
-            if not path.is_file() or path.is_symlink() or ".cache" in path.relative_to(folder).parts:
-                continue
-            dest = root / task / path.relative_to(folder)
-            if dest.is_file() and dest.stat().st_size == path.stat().st_size:
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, dest)  # the same file system: no copy
-            except OSError:
-                shutil.copy2(path, dest)
-            written += 1
-    log(f"linked or copied {written} files from {src} into {root}")
-    return list(prefixes)

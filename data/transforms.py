@@ -1,11 +1,17 @@
 """The one preprocessing path of every stage: `decode_image` (PIL → resized uint8) and `normalize`
-(uint8 batch → float), together bitwise equal to torchvision Resize + ToTensor + Normalize."""
+(uint8 batch → float), together bitwise equal to torchvision Resize + ToTensor + Normalize for 8-bit
+images; other image modes are read as data/modes.py says (16-bit and float grey scaled, or refused)."""
+
+import os
+import stat
 
 import numpy as np
 import torch
 from PIL import Image
 
 from glora.errors import UserError
+
+from .modes import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,14 +40,24 @@ def check_img_size(img_size: int) -> int:
 
 
 def decode_image(path, img_size: int = 224, interpolation: str = "bicubic") -> torch.Tensor:
-    """Decode an image file with PIL, convert to RGB and resize to (img_size, img_size).
+    """Decode an image file with PIL, read it as 8-bit RGB (data/modes.py) and resize it to
+    (img_size, img_size).
 
-    Returns a uint8 (3, img_size, img_size) tensor; an unreadable or missing file is a UserError.
+    Returns a uint8 (3, img_size, img_size) tensor; an unreadable or missing file, or a mode or
+    value range that has no 8-bit reading, is a UserError.
     """
+    return decode_image_mode(path, img_size, interpolation)[0]
+
+
+def decode_image_mode(path, img_size: int = 224, interpolation: str = "bicubic") -> tuple[torch.Tensor, str]:
+    """`decode_image` and the mode the file was stored in (the checker notes modes read by a rule)."""
     resample = resample_mode(interpolation)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a folder, a fifo (which would block), a device
+            raise UserError(f"image {path} is not a file: replace it by the image or drop its line from the list")
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((img_size, img_size), resample)
+            mode = img.mode
+            img = to_rgb(img, path).resize((img_size, img_size), resample)
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist: restore it or drop its line from the list") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -49,7 +65,7 @@ def decode_image(path, img_size: int = 224, interpolation: str = "bicubic") -> t
         raise UserError(f"cannot read image {path} ({reason}): replace the file or drop its line "
                         f"from the list") from None
     # Same HWC → CHW route as torchvision's to_tensor, without its division.
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous(), mode
 
 
 def normalize(

@@ -13,7 +13,8 @@ from data import load_split
 from data.layout import Layout, layout_of
 from data.lists import list_file
 from data.registry import DG_TASKS
-from data.vtab import SplitData, load_test_set, read_test_set
+from data.splits import SplitData
+from data.test_sets import load_test_set, read_test_set
 
 from glora.errors import UserError
 from glora.hub import save_hub_folder

@@ -46,11 +46,16 @@ def write_bytes(path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
-    """A safetensors file whose bytes depend on its content alone (see `_canonical`)."""
+def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 digest: bool = False) -> Path:
+    """Write tensors as safetensors whose bytes depend on their content alone (see `_canonical`);
+    with `digest`, their `tensors_digest` goes into the metadata, so that the file carries its own
+    check (`check_digest`)."""
     # Serialized in memory and written by Python, so that a full disk is an OSError (safetensors'
     # own writer reports it as a SafetensorError).
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    if digest:
+        metadata = {**(metadata or {}), DIGEST: tensors_digest(tensors, metadata)}
     return write_bytes(path, _canonical(save(tensors, metadata=metadata)))
 
 
@@ -66,6 +71,33 @@ def _canonical(serialized: bytes) -> bytes:
     text = json.dumps(ordered, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the header is padded to 8 bytes, as safetensors writes it
     return len(text).to_bytes(8, "little") + text + serialized[8 + n:]
+
+
+DIGEST = "digest"  # the metadata key of a file's own digest
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """SHA-256 of what a safetensors file holds: the metadata (but this digest) and each tensor's
+    name, dtype, shape and bytes, in name order. A byte changed anywhere in the file changes it,
+    or makes the file unreadable."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in (metadata or {}).items() if k != DIGEST}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"\n{name} {t.dtype} {list(tensors[name].shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return f"sha256:{h.hexdigest()}"
+
+
+def check_digest(path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Refuse a file whose tensors or metadata differ from what its recorded digest says (a flipped
+    byte, a truncated copy, an edit), or that records none."""
+    recorded = metadata.get(DIGEST)
+    if recorded is None:
+        raise UserError(f"{path}: records no digest of its tensors, so a damaged copy cannot be told from a sound "
+                        "one: export it again (retrain.py writes one), or copy it again from where it was made")
+    if tensors_digest(tensors, metadata) != recorded:
+        raise UserError(f"{path}: its tensors or metadata differ from the digest it records (damaged on disk or in "
+                        "transfer, or edited): copy it again from where it was made, or export it again")
 
 
 def load_tensors(path, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -35,11 +35,12 @@ def export_merged(model: nn.Module, path, metadata: Optional[dict] = None) -> Pa
 
     `metadata` goes into the file's header, strings as they are and anything else as JSON; with
     `model`, `num_classes` and `model_kwargs` there, `glora.model.load_merged` rebuilds the model.
+    The header also records the digest of the tensors and metadata, which `load_merged` checks.
     """
     if glora_layers(model):
         raise RuntimeError("export_merged needs a merged model: call merge_glora(model) first")
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    return save_tensors(path, model.state_dict(), {"format": "pt", **meta})
+    return save_tensors(path, model.state_dict(), {"format": "pt", **meta}, digest=True)
 
 
 def first_nonfinite(tensors: dict) -> Optional[str]:

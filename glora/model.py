@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import UserError
 from .inject import head_names
-from .io import load_tensors, tensors_metadata
+from .io import check_digest, load_tensors, tensors_metadata
 
 WEIGHT_FILES = (".npz", ".safetensors", ".pth", ".pt", ".bin")
 
@@ -91,14 +91,17 @@ def load_merged(path) -> nn.Module:
 
     The file's metadata names the model (`model`, `model_kwargs`, `num_classes`); the merge never adds
     a tensor the plain architecture lacks (a layer without bias takes no C, D or E), so every key fits.
+    The digest the export recorded is checked first: a file damaged anywhere is refused, never loaded.
     """
     meta = tensors_metadata(path)
     missing = [k for k in ("model", "num_classes", "model_kwargs") if k not in meta]
     if missing:
         raise UserError(f"{path}: its metadata lacks {missing}; it was not written by retrain.py's export")
+    state = load_tensors(path)
+    check_digest(path, state, meta)
     model = _timm_create(meta["model"], int(meta["num_classes"]), **json.loads(meta["model_kwargs"]))
     try:
-        model.load_state_dict(load_tensors(path), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: does not load into {meta['model']} ({str(e).splitlines()[1].strip()})") from None
     return model.eval()

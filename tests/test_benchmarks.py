@@ -23,6 +23,7 @@ from engine.method import check
 from glora.accuracy import count_correct
 from glora.errors import UserError
 from noah import build_dg, build_fewshot
+from test_prepare import write_tar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +116,7 @@ def _vtab_members(tasks, registry=TASKS, test_lines=None):
     """name -> bytes of a VTAB-1k copy in the NOAH layout under `vtab-1k/`, each image a shared tiny PNG.
 
     Lists keep the published line counts (test: the registry's); only the first images are written,
-    the rest of a list points at them again, so the copy stays tiny."""
+    the rest of a list points at them again (with the same label), so the copy stays tiny."""
     png, members = _png(), {}
     for name in tasks:
         k = registry[name].num_classes
@@ -129,28 +130,19 @@ def _vtab_members(tasks, registry=TASKS, test_lines=None):
         for i in range(200):
             members[f"vtab-1k/{name}/val/{i}.png"] = png
         n_test = test_lines if test_lines is not None else registry[name].test_size
-        test = [(images[i % len(images)], i % k) for i in range(n_test)]
+        for rel in images:  # test images apart from training ones (the same PNG under test/)
+            members[f"vtab-1k/{name}/test/{rel}"] = png
+        test = [(f"test/{images[i % len(images)]}", i % k) for i in range(n_test)]
         for split, items in (("train800", train), ("val200", val), ("train800val200", train + val), ("test", test)):
             members[f"vtab-1k/{name}/{split}.txt"] = "".join(f"{r} {lab}\n" for r, lab in items).encode()
     return members
-
-
-def _write_tar(path: Path, members: dict, extra=()):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra:
-            tar.addfile(info)
-    return path
 
 
 def test_prepare_vtab_from_a_tar_and_verify_every_task(tmp_path, monkeypatch):
     # Keep it small: the test lists of dtd and kitti hold 1,880 and 711 lines.
     subset = {t: TASKS[t] for t in ("dtd", "kitti")}
     monkeypatch.setattr("data.prepare.TASKS", subset)
-    archive = _write_tar(tmp_path / "vtab.tar.gz", _vtab_members(subset))
+    archive = write_tar(tmp_path / "vtab.tar.gz", _vtab_members(subset), mode="w:gz")
     root = tmp_path / "root"
     assert sorted(prepare_vtab(archive, root, log=lambda *_: None)) == ["dtd", "kitti"]
     rows = list(verify_vtab(root, img_size=8))
@@ -162,15 +154,16 @@ def test_prepare_vtab_from_a_tar_and_verify_every_task(tmp_path, monkeypatch):
 
 def test_prepare_vtab_refuses_an_archive_member_that_leaves_the_root(tmp_path):
     members = {"vtab-1k/dtd/train800.txt": b"a.png 0\n", "vtab-1k/dtd/../../evil.txt": b"x"}
-    archive = _write_tar(tmp_path / "evil.tar", members)
+    archive = write_tar(tmp_path / "evil.tar", members)
     with pytest.raises(UserError, match="outside"):
         prepare_vtab(archive, tmp_path / "root", log=lambda *_: None)
     assert not (tmp_path / "evil.txt").exists()
     link = tarfile.TarInfo("vtab-1k/dtd/images/link.png")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    archive = _write_tar(tmp_path / "link.tar", {"vtab-1k/dtd/train800.txt": b"a.png 0\n"}, extra=[link])
-    prepare_vtab(archive, tmp_path / "root2", log=lambda *_: None)
-    assert not (tmp_path / "root2" / "dtd" / "images" / "link.png").exists()  # links are never written
+    archive = write_tar(tmp_path / "link.tar", {"vtab-1k/dtd/train800.txt": b"a.png 0\n"}, extra=[link])
+    with pytest.raises(UserError, match="is a symbolic link; a VTAB-1k archive holds files and folders only"):
+        prepare_vtab(archive, tmp_path / "root2", log=lambda *_: None)
+    assert not (tmp_path / "root2").exists()  # nothing written: not even the root
 
 
 def test_all_reports_a_broken_copy_task_by_task_with_exit_2(tmp_path, capsys, monkeypatch):
@@ -184,7 +177,7 @@ def test_all_reports_a_broken_copy_task_by_task_with_exit_2(tmp_path, capsys, mo
     # fill each test list to its published size, cheaply, then break one thing per task
     for task in ("dtd", "kitti", "eurosat", "resisc45"):
         k, n = TASKS[task].num_classes, TASKS[task].test_size
-        (root / task / "test.txt").write_text("".join(f"images/{i % max(k, 4)}.png {i % k}\n" for i in range(n)))
+        (root / task / "test.txt").write_text("".join(f"test/images/{i % max(k, 4)}.png {i % k}\n" for i in range(n)))
     lines = (root / "dtd" / "test.txt").read_text().splitlines()
     (root / "dtd" / "test.txt").write_text("\n".join(lines[:-10]) + "\n")  # truncated
     (root / "kitti" / "images" / "2.png").unlink()  # listed, missing

@@ -207,6 +207,7 @@ def test_cli_reports_each_split(task, capsys):
         "val200: 6 images, 3 classes", "  per class: 0:2 1:2 2:2",
         "train800val200: 18 images, 3 classes", "  per class: 0:6 1:6 2:6",
         "test: 6 images, 3 classes", "  per class: 0:2 1:2 2:2",
+        "ok: task photos passes every rule and every image reads",
     ]
 
 

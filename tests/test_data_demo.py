@@ -84,7 +84,8 @@ def test_cli_builds_and_checks_the_demo(tmp_path, capsys):
     summary = [line for line in lines if not line.startswith(" ")]
     assert summary == ["task digits: 10 classes (derived as max label + 1 in train800val200.txt)",
                        "train800: 800 images, 10 classes", "val200: 200 images, 10 classes",
-                       "train800val200: 1000 images, 10 classes", "test: 797 images, 10 classes"]
+                       "train800val200: 1000 images, 10 classes", "test: 797 images, 10 classes",
+                       "ok: task digits passes every rule and every image reads"]
     assert lines[2].startswith("  per class: 0:")
     assert sum(int(count.split(":")[1]) for count in lines[2].split()[2:]) == 800
 
