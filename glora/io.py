@@ -95,7 +95,15 @@ def load_yaml(path) -> Any:
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: invalid YAML ({_yaml_problem(e)}); fix the file") from None
+
+
+def _yaml_problem(e) -> str:
+    """PyYAML's error as one phrase: what it found, and at which line and column."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return str(e).splitlines()[0]
+    return f"{problem}, line {mark.line + 1} column {mark.column + 1}"
 
 
 def save_json(path, data: Any) -> Path:

@@ -125,4 +125,4 @@ def test_methods_get_their_rows_by_folder_or_by_the_method_in_their_results(tmp_
 def test_no_results_is_one_error_line(tmp_path):
     r = cli(tmp_path)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: no retrain/results.json under") and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("error: no finished run (retrain/results.json) under") and len(r.stderr.splitlines()) == 1
