@@ -50,12 +50,19 @@ STAGE_FOLDERS = ("supernet", "search", "retrain")
 NUMBERS = ("test_acc", "trainable_params", "adapter_params", "head_params")  # required in results.json
 
 
-def collect(folder: Path, stale: dict | None = None) -> tuple[list[dict], list[str]]:
-    """One row per finished run (a folder whose retrain/run.yaml says finished, with its results.json),
-    and a line for each run left out: unfinished, damaged, or in `stale` (run folder → why)."""
+def collect(folder: Path) -> list[dict]:
+    """One row per finished run (a folder whose retrain/run.yaml says finished, with its results.json)."""
+    return survey(folder)[0]
+
+
+def survey(folder: Path, stale: dict | None = None) -> tuple[list[dict], list[str]]:
+    """The rows of `collect`, and a line for each run left out: unfinished, with a damaged results.json,
+    or in `stale` (run folder → why)."""
     stale = {Path(k).resolve(): why for k, why in (stale or {}).items()}
     runs, left_out = [], []
     for run in run_folders(folder):
+        if supernet_alone(run):
+            continue
         label = "." if run == folder else str(run.relative_to(folder))
         why = stale.get(run.resolve()) or unfinished(run)
         if why:
@@ -75,14 +82,18 @@ def run_folders(folder: Path) -> list[Path]:
     return sorted({m.parent.parent for m in marks if m.parent.name in STAGE_FOLDERS})
 
 
+def supernet_alone(run: Path) -> bool:
+    """A finished supernet with no search or retrain beside it (a budget sweep's, or one imported):
+    not a run of the table."""
+    return (not (run / "search").is_dir() and not (run / "retrain").is_dir()
+            and (_record(run / "supernet" / "run.yaml") or {}).get("finished") is not None)
+
+
 def unfinished(run: Path) -> str | None:
-    """Why a run is not finished (its retrain's run record does not say finished), or None. A supernet
-    alone (a budget sweep's, or one imported) is not a run of the table, and a results.json without
-    a run record (written by an older version) counts as finished."""
+    """Why a run is not finished (its retrain's run record does not say finished), or None. A
+    results.json without a run record (written by an older version) counts as finished."""
     stages = [s for s in STAGE_FOLDERS if (run / s).is_dir()]
     records = {s: _record(run / s / "run.yaml") for s in stages}
-    if stages == ["supernet"] and (records["supernet"] or {}).get("finished"):
-        return None
     if "retrain" in records and records["retrain"] is None and (run / "retrain" / "results.json").is_file():
         return None
     if (records.get("retrain") or {}).get("finished"):
@@ -295,7 +306,7 @@ def write_summary(folder: Path, stale: dict | None = None) -> tuple[str, list[Pa
     """Write the tables and figures into FOLDER; returns the Markdown and the files, or None without a
     finished run (then nothing is written). `stale`: run folders to leave out, with why (a launcher's
     refused cells); the table names them, and every run left out as unfinished or damaged."""
-    runs, left_out = collect(folder, stale)
+    runs, left_out = survey(folder, stale)
     if not runs:
         return None
     rows = aggregate(runs)
@@ -318,7 +329,7 @@ def main() -> int:
     args = p.parse_args()
     summary = write_summary(args.folder)
     if summary is None:
-        for line in collect(args.folder)[1]:
+        for line in survey(args.folder)[1]:
             print(f"left out: {line}", file=sys.stderr)
         print(f"error: no finished run (retrain/results.json) under {args.folder}; run retrain.py first",
               file=sys.stderr)

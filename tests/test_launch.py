@@ -238,6 +238,24 @@ def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_budget_sweep_refuses_a_cell_whose_data_changed_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    import budgets
+
+    tiny_task(tmp_path / "data")
+    out = tmp_path / "sweep"
+    sets = [f"output={out}", f"data.root={tmp_path / 'data'}", "data.task=tiny"]
+    supernet = launch.Cell("supernet", out, [str(ROOT / "configs" / "demo.yaml")], sets, stages=launch.STAGES[:1])
+    finished_stage(supernet, launch.STAGES[0])
+    test = tmp_path / "data" / "tiny" / "test.txt"
+    test.write_text(test.read_text().replace("img/9.png 0", "img/9.png 2"))  # a test label corrected
+    monkeypatch.setattr(budgets, "sweep_cells", lambda *args: [supernet])
+    assert budgets.main(["exp.yaml", "--budgets", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("supernet: refused: supernet: data: the task's list files (digest) (")
+    assert "run the same command again with --rerun-stale" in err and "nothing ran" in err
+    assert "without --resume" not in err and not (out / "supernet" / "previous").exists()
+
+
 def test_a_budget_sweep_trains_its_own_supernet():
     import budgets
 
@@ -416,12 +434,17 @@ def test_a_job_array_sbatch_refuses_is_one_error_line(tmp_path, monkeypatch, cap
     (["--name", "g", "--tasks", "dtd", "--configs", "nope.yaml"], "no experiment config nope.yaml"),
     (["nope.yaml"], "nope.yaml: no such grid file"),
     (["grid.yaml"], "grid.yaml: a grid file is a mapping with keys name, output, experiment"),
+    (["broken.yaml"], "broken.yaml: invalid YAML (expected ',' or ']', but got ':', line 2 column 6); fix the file"),
+    (["latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 9); save it as UTF-8"),
+    (["--name", "g", "--tasks", "dtd", "--progress", "-1"], "--progress -1: give seconds, at least 0"),
     (["--name", "g", "--tasks", "dtd", "--executor", "slurm"], "no SLURM here (srun not found)"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
     (tmp_path / "grid.yaml").write_text("tasks: [dtd]\nseed: [1]\n")
+    (tmp_path / "broken.yaml").write_text("tasks: [dtd\nseeds: [1]\n")
+    (tmp_path / "latin1.yaml").write_bytes("tasks: [d\xe9t]\n".encode("latin-1"))
     assert launch.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
@@ -535,6 +558,15 @@ def test_grid_ends_with_the_table(grid):
     assert f"| mean of tasks | 2/19 | {(mean['svhn'] + mean['eurosat']) / 2:.2f} |" in md
     assert f"| mean of group means | 2/19 | {(mean['svhn'] + mean['eurosat']) / 2:.2f} |" in md
     assert (out / "results.csv").is_file() and (out / "results_groups.csv").is_file()
+
+
+@pytest.mark.slow
+def test_the_console_shows_each_cells_stages_and_epochs_as_they_go(grid):
+    first = grid["first"][1]
+    for line in ("svhn/seed0 | starts train.py", "svhn/seed0 | supernet 3/3 [", "svhn/seed0 | starts search.py",
+                 "svhn/seed0 | search 2/2 [", "svhn/seed0 | retrain 2/2 [", "svhn/seed0 | test acc1 ", "svhn/seed0: done"):
+        assert line in first, line
+    assert first.index("svhn/seed0 | supernet 3/3") < first.index("svhn/seed0: done")
 
 
 @pytest.mark.slow
