@@ -1,4 +1,6 @@
-"""The package: `glora` alone in the wheel, importing only what the method needs; README's library example runs."""
+"""The package: `glora` alone in the wheel, importing only what the method needs; the library example
+of docs/library.md runs."""
+import os
 import re
 import shutil
 import subprocess
@@ -50,10 +52,17 @@ def test_the_wheel_holds_glora_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_library_example_runs(tmp_path):
-    """README's "Using the library" on a ConvNeXt: it checks merged == unmerged and reloads the Hub folder itself."""
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## Using the library.*?```python\n(.*?)```", readme, re.S).group(1)
-    assert "merge_glora" in code and "assert_close" in code
-    python(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code, cwd=tmp_path)
-    assert (tmp_path / "glora-convnext" / "model.safetensors").is_file()
+def test_the_library_example_runs_from_another_folder_and_writes_nothing_there(tmp_path):
+    """docs/library.md's example on a ConvNeXt: it checks merged == unmerged and reloads the Hub folder
+    itself; run outside the repository (glora found as `pip install -e .` makes it found), it leaves
+    the working folder empty."""
+    page = (ROOT / "docs" / "library.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    assert "merge_glora" in code and "assert_close" in code and "save_hub_folder" in code
+    site, work = tmp_path / "site", tmp_path / "work"  # glora alone on the path, as `pip install -e .` maps it
+    site.mkdir()
+    work.mkdir()
+    (site / "glora").symlink_to(ROOT / "glora")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    python(code + "\nimport importlib.util as u\nassert u.find_spec('engine') is None\n", cwd=work, env=env)
+    assert list(work.iterdir()) == []
