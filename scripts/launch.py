@@ -4,11 +4,14 @@ Each cell runs the stages its method needs (train.py, search.py, retrain.py for 
 alone for a baseline such as configs/methods/lora.yaml) with the grid's experiment YAML into
 `<grid>/<task>/seed<k>/`, or with its config into `<grid>/<config>/<task>/seed<k>/` when the grid
 has a config axis (experiment YAMLs or method presets applied over the experiment, and/or
-overrides). A stage whose final output exists is skipped; one that started before runs again
-with --resume. `--executor slurm` submits the cells as one job array (a job stopped before its
-time limit or preempted is requeued and resumes); `--executor local` runs them here, one job per
-GPU or CPU slot at a time. Launching a grid again runs only what is unfinished; every launch ends
-by writing the grid's results table.
+overrides). A stage whose run record says finished is skipped; one that started before runs again
+with --resume. Before anything runs, every finished or started stage is compared with what its
+--resume compares (config keys, the task's lists as they are now, upstream files): a cell whose
+runs no longer hold is refused, naming what changed, or with --rerun-stale those stages run afresh.
+`--executor slurm` submits the cells as one job array (a job stopped before its time limit or
+preempted is requeued and resumes); `--executor local` runs them here, one job per GPU or CPU slot
+at a time, showing each cell's progress; Ctrl-C stops them all at a checkpoint. Launching a grid
+again runs only what is unfinished; every launch ends by writing the grid's results table.
 
     python scripts/launch.py --name seeds --tasks dtd cifar --seeds 0 1 2 --set data.root=/data/vtab-1k
     python scripts/launch.py --name demo --experiment configs/demo.yaml --tasks digits --seeds 0 1
@@ -595,8 +598,8 @@ def stale_stages(cell: Cell, data: dict, digests: dict) -> dict[str, str]:
             continue
         try:
             record = load_yaml(folder.path / RECORD)
-            made, upstream = record["config"], record["upstream"]
-            if not isinstance(made, dict) or not isinstance(upstream, dict):
+            upstream = record["upstream"]
+            if not all(isinstance(x, dict) for x in (record["config"], record["data"], upstream)):
                 raise TypeError
         except (UserError, KeyError, TypeError):
             stale[stage.name] = f"no readable run record ({RECORD}: damaged, or written by an older version)"
@@ -604,10 +607,13 @@ def stale_stages(cell: Cell, data: dict, digests: dict) -> dict[str, str]:
             continue
         cfg = cfg or load_config(cell.configs, cell.overrides)
         diffs = identity.resume_differences(record, cfg, task_data(cfg, data), identity.USES[stage.name])
-        diffs += [f"{rel} (changed since)" for rel, digest in upstream.items()
-                  if file_digest(cell.folder / rel, digests) != digest]
-        if diffs:
-            stale[stage.name] = f"{'; '.join(diffs)} (then → now)"
+        why = [f"{'; '.join(diffs)} (then → now)"] * bool(diffs)
+        for rel, digest in upstream.items():
+            now = file_digest(cell.folder / rel, digests)
+            if now != digest:
+                why.append(f"{rel} {'is gone' if now is None else 'changed since it ran'}")
+        if why:
+            stale[stage.name] = "; ".join(why)
             runs = stage.name
         elif not record.get("finished"):
             runs = stage.name  # resumes

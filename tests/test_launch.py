@@ -160,7 +160,7 @@ def test_a_stage_is_complete_only_when_its_run_finished_with_the_settings_and_da
     for stage in launch.STAGES:
         finished_stage(cell(), stage, upstream={"supernet/supernet.safetensors": "x"} if stage is search else None)
     (out / "supernet" / "supernet.safetensors").write_text("x")
-    assert cell().stale == {"search": "supernet/supernet.safetensors (changed since) (then → now)",
+    assert cell().stale == {"search": "supernet/supernet.safetensors changed since it ran",
                             "retrain": "made from the outputs of search, which runs now"}
     finished_stage(cell(), search, upstream={"supernet/supernet.safetensors": file_sha256(out / "supernet" /
                                                                                           "supernet.safetensors")})

@@ -66,3 +66,15 @@ def test_the_library_example_runs_from_another_folder_and_writes_nothing_there(t
     env = {**os.environ, "PYTHONPATH": str(site)}
     python(code + "\nimport importlib.util as u\nassert u.find_spec('engine') is None\n", cwd=work, env=env)
     assert list(work.iterdir()) == []
+
+
+def test_ci_runs_readme_set_up_and_test_command():
+    """CI (.ci/run) installs what README's set-up installs (the project itself too) and runs README's test command."""
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    setup = re.search(r"## Set up and run the demo.*?```bash\n(.*?)```", readme, re.S).group(1)
+    tests = re.search(r"## Run the tests.*?```bash\n(.*?)```", readme, re.S).group(1)
+    assert "python3 -m venv .venv" in setup and "pip install -r requirements.txt -e ." in setup
+    assert "python3 -m venv .venv" in ci and "pip install -q -r requirements-bench.txt -e ." in ci
+    test_command = tests.strip().splitlines()[-1]
+    assert test_command == "python -m pytest -q -n 2" and ci.rstrip().endswith(test_command)
+    assert "-r requirements.txt" in (ROOT / "requirements-bench.txt").read_text()
