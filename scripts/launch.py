@@ -146,8 +146,8 @@ class Cell(submitit.helpers.Checkpointable):
                 cmd = self.command(stage)
                 self.stale.pop(stage.name, None)  # a fresh run starts now: a requeued job resumes it
                 code = self._run(cmd)
-                if code != 0:
-                    status = "stopped" if code == STOPPED_RESUMABLE else "failed"
+                if code != 0:  # asked to stop, torchrun reports its workers' 75 as a failure of its own
+                    status = "stopped" if code == STOPPED_RESUMABLE or self.stop_requests else "failed"
                     return {"status": status, "stage": stage.name, "returncode": code, "log": str(self.log)}
             return {"status": "done"}
         finally:
