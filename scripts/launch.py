@@ -112,7 +112,7 @@ class Cell(submitit.helpers.Checkpointable):
         self.stale: dict[str, str] = {}  # stage name: why its run cannot stand or continue (see mark_stale)
         self.error: str | None = None  # why the launcher could not check the cell's runs (see mark_stale)
         self.stop_file: Path | None = None  # local jobs: once it exists, no further stage starts
-        self.stop_requests = 0  # local jobs: SIGTERMs received (each is passed on to the running stage)
+        self.stop_requests = self._passed = 0  # local jobs: SIGTERMs received, and passed on to the running stage
 
     def done(self) -> bool:
         return all(self.complete(s) for s in self.stages)
@@ -163,9 +163,15 @@ class Cell(submitit.helpers.Checkpointable):
         """A local job asked to stop (the launcher's Ctrl-C): pass the signal on to the running stage,
         once per request (a second request stops it at once), and start no further stage."""
         self.stop_requests += 1
+        self._pass_stop_requests()
+
+    def _pass_stop_requests(self) -> None:
+        """Send the running stage one STOP_SIGNAL per stop request not yet passed on (signal handlers run
+        in the main thread, between its steps, so none is sent twice)."""
         running = self._running
-        if running is not None and not running[1].is_set():
+        while running is not None and not running[1].is_set() and self._passed < self.stop_requests:
             running[0].send_signal(STOP_SIGNAL)
+            self._passed += 1
 
     def _run(self, cmd: list[str]) -> int:
         env = dict(os.environ, **self.env())
@@ -182,6 +188,7 @@ class Cell(submitit.helpers.Checkpointable):
         # A thread reaps the stage; this one waits on an event, which a signal handler may also wait on.
         exited = threading.Event()
         self._running = (proc, exited)
+        self._pass_stop_requests()  # one that came while the stage was starting
         threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
         try:
             exited.wait()
