@@ -112,7 +112,7 @@ def _by_task_method(rows: Iterable[Mapping]) -> dict:
 
 
 def task_accuracy_figure(rows: Iterable[Mapping]) -> Figure:
-    """Test accuracy per task, one bar per method (mean ± std over repeated runs).
+    """Test accuracy per task, one bar per method (mean ± std over repeated runs; the title says n).
 
     `rows`: dicts with `task`, `method`, `test_acc` (%). When every method ran every task, a last
     group shows each method's mean over the tasks.
@@ -139,10 +139,20 @@ def task_accuracy_figure(rows: Iterable[Mapping]) -> Figure:
             ax.errorbar(*zip(*spread), fmt="none", ecolor="black", capsize=2, linewidth=1)
     tilt = len(columns) > 6
     ax.set_xticks(range(len(columns)), columns, rotation=30 if tilt else 0, ha="right" if tilt else "center")
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="Test accuracy per task (mean ± std over runs)")
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"Test accuracy per task ({_runs_phrase(groups)})")
     fig.legend(loc="outside lower center", ncol=min(len(methods), 5), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _runs_phrase(groups: Mapping) -> str:
+    """How many runs each bar holds: one each, n = k each (mean ± std), or a range."""
+    counts = sorted({len(v) for v in groups.values()})
+    if counts == [1]:
+        return "one run each"
+    if len(counts) == 1:
+        return f"mean ± std over n = {counts[0]} runs"
+    return f"mean over n = {counts[0]}–{counts[-1]} runs, ± std where n > 1"
 
 
 def accuracy_params_figure(rows: Iterable[Mapping]) -> Figure:

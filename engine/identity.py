@@ -50,6 +50,11 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
+def data_identity(lists) -> dict:
+    """What a run records of its task's data (a data.checks.TaskLists): the class count and the lists' digest."""
+    return {"num_classes": lists.num_classes, "fingerprint": lists.fingerprint()}
+
+
 def _under(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 

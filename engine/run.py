@@ -137,7 +137,7 @@ class Stage:
         seed_everything(self.cfg["seed"])  # the same on every rank: the same model, subnets and batches
         d = self.cfg["data"]
         lists = check_task_lists(d["root"], d["task"], d["num_classes"], experiment_layout(self.cfg))  # decodes nothing
-        self.data = {"num_classes": lists.num_classes, "fingerprint": lists.fingerprint()}
+        self.data = identity.data_identity(lists)
         for note in lists.notes:
             log.info("note: %s", note)
         self.folder = StageFolder(self.dir)

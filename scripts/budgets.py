@@ -17,7 +17,7 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent)]
 
-from launch import STAGES, Cell, Parser, mark_stale, method_stages, report  # noqa: E402
+from launch import STAGES, Cell, Parser, mark_stale, method_stages, refusal, refused_hint, report  # noqa: E402
 from summarize import write_summary  # noqa: E402
 
 from engine.config import load_config  # noqa: E402
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="+", type=float, required=True, help="max adapter parameters, in millions")
     p.add_argument("--baselines", nargs="*", default=[], help="method presets to run beside (configs/methods/NAME.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override (repeatable)")
+    p.add_argument("--rerun-stale", action="store_true", help="run afresh the stages whose settings, data or upstream "
+                   "files changed since they ran (default: refuse); each old run moves to previous/")
     try:
         args = p.parse_args(argv)
         cells = sweep_cells(args.config, args.set, args.budgets, args.baselines)
@@ -68,15 +70,28 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    refused = [c for c in cells if c.error or (c.stale and not args.rerun_stale)]
+    if refused:  # the cells build on each other: nothing runs, and the table stays as it was
+        for cell in refused:
+            print(refusal(cell), file=sys.stderr)
+        print(refused_hint("run the same command again") + "; nothing ran, and results.md was not rewritten",
+              file=sys.stderr)
+        return 2
     # SIGTERM and SIGUSR1 act as Ctrl-C: the running stage checkpoints and stops, then this script
     previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         for cell in cells:
+            mark_stale([cell])  # again: an earlier cell (the supernet) may have run afresh since
+            if cell.error or (cell.stale and not args.rerun_stale):
+                print(refusal(cell), file=sys.stderr)
+                return 2
+            for stage, why in cell.stale.items():
+                print(f"{cell.name}: {stage} runs afresh: {why}", flush=True)
             print(f"{cell.name}: {'done before' if cell.done() else 'running ' + ', '.join(s.name for s in cell.stages)}",
                   flush=True)
             result = cell()
             if result["status"] != "done":
-                print(report(cell, result), file=sys.stderr)
+                print(report(cell, result, "run the same command again"), file=sys.stderr)
                 return STOPPED if result["status"] == "stopped" else 1
     except KeyboardInterrupt:
         print("stopped: the running stage wrote its checkpoint; run the same command again to resume", file=sys.stderr)

@@ -4,11 +4,14 @@ Each cell runs the stages its method needs (train.py, search.py, retrain.py for 
 alone for a baseline such as configs/methods/lora.yaml) with the grid's experiment YAML into
 `<grid>/<task>/seed<k>/`, or with its config into `<grid>/<config>/<task>/seed<k>/` when the grid
 has a config axis (experiment YAMLs or method presets applied over the experiment, and/or
-overrides). A stage whose final output exists is skipped; one that started before runs again
-with --resume. `--executor slurm` submits the cells as one job array (a job stopped before its
-time limit or preempted is requeued and resumes); `--executor local` runs them here, one job per
-GPU or CPU slot at a time. Launching a grid again runs only what is unfinished; every launch ends
-by writing the grid's results table.
+overrides). A stage whose run record says finished is skipped; one that started before runs again
+with --resume. Before anything runs, every finished or started stage is compared with what its
+--resume compares (config keys, the task's lists as they are now, upstream files): a cell whose
+runs no longer hold is refused, naming what changed, or with --rerun-stale those stages run afresh.
+`--executor slurm` submits the cells as one job array (a job stopped before its time limit or
+preempted is requeued and resumes); `--executor local` runs them here, one job per GPU or CPU slot
+at a time, showing each cell's progress; Ctrl-C stops them all at a checkpoint. Launching a grid
+again runs only what is unfinished; every launch ends by writing the grid's results table.
 
     python scripts/launch.py --name seeds --tasks dtd cifar --seeds 0 1 2 --set data.root=/data/vtab-1k
     python scripts/launch.py --name demo --experiment configs/demo.yaml --tasks digits --seeds 0 1
@@ -43,13 +46,17 @@ from submitit.core.utils import FailedJobError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from data.checks import check_task_lists  # noqa: E402
 from data.registry import FEWSHOT_TASKS, GROUPS, TASKS  # noqa: E402
 from engine import identity  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.experiment import layout as experiment_layout  # noqa: E402
+from engine.folder import StageFolder  # noqa: E402
 from engine.method import STAGE_SCRIPTS, stages  # noqa: E402
+from engine.progress import LogFollower  # noqa: E402
 from engine.status import STOPPED as STOPPED_RESUMABLE  # noqa: E402
 from glora.errors import UserError  # noqa: E402
-from glora.io import load_yaml  # noqa: E402
+from glora.io import file_sha256, load_yaml  # noqa: E402
 
 # A stage that exits with STOPPED_RESUMABLE stopped at a checkpoint on request and continues with
 # --resume (EX_TEMPFAIL of sysexits.h); any other non-zero status fails the cell.
@@ -65,21 +72,33 @@ SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
 class StageSpec(NamedTuple):
     name: str  # also its output folder
     script: str
-    done: str  # written last: the stage is complete when it exists
+    output: str  # its final output: a run finished without it (deleted since) is not complete
     torchrun: bool  # runs on all the job's GPUs under torchrun when it has several
 
 
 STAGES = (
     StageSpec("supernet", STAGE_SCRIPTS["supernet"], "summary.json", True),
-    StageSpec("search", STAGE_SCRIPTS["search"], "summary.json", False),
+    StageSpec("search", STAGE_SCRIPTS["search"], "summary.json", True),
     StageSpec("retrain", STAGE_SCRIPTS["retrain"], "results.json", True),
 )
+RECORD = identity.RECORD  # a stage's run record: it says `finished` once the stage is done
+
+
+def finished(folder: Path) -> bool:
+    """Whether the run record in a stage folder says that its run finished (the stage's last act)."""
+    try:
+        record = yaml.safe_load((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(record, dict) and bool(record.get("finished"))
 
 
 class Cell(submitit.helpers.Checkpointable):
     """One grid cell as a job: runs its unfinished stages; submitit requeues it when SLURM stops it.
 
     Returns {"status": "done"}, or "stopped" / "failed" with the stage, its exit status and the log.
+    The launcher decides before the job starts which finished stages are stale (`stale`: run afresh,
+    without --resume); the job itself imports nothing of the project.
     """
 
     def __init__(self, name: str, folder: Path, config: str | list[str] | None, overrides: list[str], *,
@@ -90,13 +109,16 @@ class Cell(submitit.helpers.Checkpointable):
         self.python, self.cwd = sys.executable, os.getcwd()
         self.log = folder / "launch.log"  # every stage's console output
         self._running = None  # (process, exited event) of the stage running now
-        self.stale: set[str] = set()  # finished stages made with other settings (see mark_stale)
+        self.stale: dict[str, str] = {}  # stage name: why its run cannot stand or continue (see mark_stale)
+        self.error: str | None = None  # why the launcher could not check the cell's runs (see mark_stale)
+        self.stop_file: Path | None = None  # local jobs: once it exists, no further stage starts
+        self.stop_requests = self._passed = 0  # local jobs: SIGTERMs received, and passed on to the running stage
 
     def done(self) -> bool:
         return all(self.complete(s) for s in self.stages)
 
     def complete(self, stage: StageSpec) -> bool:
-        return stage.name not in self.stale and (self.folder / stage.name / stage.done).is_file()
+        return stage.name not in self.stale and finished(self.folder / stage.name)
 
     def command(self, stage: StageSpec) -> list[str]:
         cmd = [self.python]
@@ -104,7 +126,8 @@ class Cell(submitit.helpers.Checkpointable):
             cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.gpus}"]
         cmd += [str(ROOT / stage.script), *self.configs]
         cmd += [arg for o in self.overrides for arg in ("--set", o)]
-        return cmd + ["--resume"] * (self.folder / stage.name).is_dir()  # started before: continue it
+        resume = (self.folder / stage.name).is_dir() and stage.name not in self.stale  # started before: continue it
+        return cmd + ["--resume"] * resume
 
     def env(self) -> dict[str, str]:
         """What the stages' environment adds to the job's."""
@@ -112,34 +135,65 @@ class Cell(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stage in self.stages:
-            if self.complete(stage):
-                continue
-            code = self._run(self.command(stage))
-            if code != 0:
-                status = "stopped" if code == STOPPED_RESUMABLE else "failed"
-                return {"status": status, "stage": stage.name, "returncode": code, "log": str(self.log)}
-        return {"status": "done"}
+        local = self.stop_file is not None and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._stop_request) if local else None
+        try:
+            for stage in self.stages:
+                if self.complete(stage):
+                    continue
+                if self.stop_requests or (self.stop_file and self.stop_file.exists()):
+                    return {"status": "stopped", "stage": stage.name, "returncode": None, "log": str(self.log)}
+                cmd = self.command(stage)
+                self.stale.pop(stage.name, None)  # a fresh run starts now: a requeued job resumes it
+                code = self._run(cmd)
+                if code != 0:  # asked to stop, torchrun reports its workers' 75 as a failure of its own
+                    status = "stopped" if code == STOPPED_RESUMABLE or self.stop_requests else "failed"
+                    return {"status": status, "stage": stage.name, "returncode": code, "log": str(self.log)}
+            return {"status": "done"}
+        finally:
+            if local:
+                signal.signal(signal.SIGTERM, previous)
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """submitit calls this on SLURM's timeout or preemption signal: stop the stage, requeue this cell."""
         self._stop()
         return super().checkpoint()
 
+    def _stop_request(self, signum, frame) -> None:
+        """A local job asked to stop (the launcher's Ctrl-C): pass the signal on to the running stage,
+        once per request (a second request stops it at once), and start no further stage."""
+        self.stop_requests += 1
+        self._pass_stop_requests()
+
+    def _pass_stop_requests(self) -> None:
+        """Send the running stage one STOP_SIGNAL per stop request not yet passed on (signal handlers run
+        in the main thread, between its steps, so none is sent twice)."""
+        running = self._running
+        while running is not None and not running[1].is_set() and self._passed < self.stop_requests:
+            running[0].send_signal(STOP_SIGNAL)
+            self._passed += 1
+
     def _run(self, cmd: list[str]) -> int:
         env = dict(os.environ, **self.env())
         with open(self.log, "a") as log:
             log.write(f"\n== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # The stage starts with SIGINT blocked: a Ctrl-C in the terminal reaches its launcher, which
+            # asks it to stop with one SIGTERM (two signals would stop it at once, losing its partial epoch).
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         # A thread reaps the stage; this one waits on an event, which a signal handler may also wait on.
         exited = threading.Event()
         self._running = (proc, exited)
+        self._pass_stop_requests()  # one that came while the stage was starting
         threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
         try:
             exited.wait()
         finally:
-            self._stop()  # a signal or Ctrl-C ended the wait: the stage stops before this job does
+            self._stop()  # a signal ended the wait: the stage stops before this job does
         return proc.returncode
 
     def _stop(self) -> None:
@@ -149,9 +203,14 @@ class Cell(submitit.helpers.Checkpointable):
             return
         proc, exited = running
         proc.send_signal(STOP_SIGNAL)
-        if not exited.wait(STOP_GRACE_S):
-            proc.kill()
-            exited.wait()
+        deadline = time.monotonic() + STOP_GRACE_S
+        while not exited.is_set():
+            try:
+                if not exited.wait(max(0.0, deadline - time.monotonic())):
+                    proc.kill()
+                    exited.wait()
+            except KeyboardInterrupt:  # asked again (a second Ctrl-C): the stage stops at once
+                proc.send_signal(STOP_SIGNAL)
 
 
 # ---------------------------------------------------------------- the grid
@@ -181,7 +240,7 @@ def load_grid(args: argparse.Namespace) -> Grid:
         path = Path(args.grid)
         if not path.is_file():
             raise UserError(f"{path}: no such grid file")
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = load_yaml(path) or {}
         if not isinstance(spec, dict) or set(spec) - set(GRID_KEYS):
             raise UserError(f"{path}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}; "
                             f"got {sorted(spec) if isinstance(spec, dict) else type(spec).__name__}")
@@ -304,12 +363,51 @@ def local_slots(gpus: list[int], gpus_per_job: int, slots: int | None) -> list[t
     return groups[:slots] if slots else groups
 
 
-def run_local(cells: list[Cell], slots: list[tuple[int, ...]], folder: Path, timeout_min: int) -> list[dict]:
-    """Run the cells here, one job per slot at a time, and return their outcomes; Ctrl-C cancels every job."""
-    pending, results = iter(range(len(cells))), [None] * len(cells)
-    jobs, lock, stopping = [], threading.Lock(), threading.Event()
+class GridStopped(Exception):
+    """Ctrl-C or SIGTERM stopped a local grid; `results` as run_local's (None: the cell did not start)."""
 
-    def slot(gpus: tuple[int, ...]) -> None:  # takes the next cell whenever its job has ended
+    def __init__(self, results: list):
+        super().__init__("stopped")
+        self.results = results
+
+
+def run_local(cells: list[Cell], slots: list[tuple[int, ...]], folder: Path, timeout_min: int,
+              progress: float = 0) -> list[dict]:
+    """Run the cells here, one job per slot at a time, and return their outcomes.
+
+    Each cell's end is printed as it comes, and with `progress` (seconds) what its stages log and
+    their progress bars at most that often. Ctrl-C (SIGINT to the launcher or to its process
+    group) or SIGTERM stops the grid: no further cell starts, each running job passes one SIGTERM to
+    its stage, which checkpoints and exits 75 (a second Ctrl-C stops the stages at once), then
+    GridStopped is raised. The jobs and their stages start with SIGINT blocked, so the terminal's
+    Ctrl-C reaches the launcher alone and a stage receives exactly the signals its job passes on.
+    """
+    pending, results = iter(range(len(cells))), [None] * len(cells)
+    jobs, lock, stopping = {}, threading.Lock(), threading.Event()
+    stop_file = Path(folder).parent / f"stop-{os.getpid()}"  # tells a job that starts late not to run
+    stop_file.unlink(missing_ok=True)
+    followers: dict[str, LogFollower] = {}
+    printing = threading.Lock()
+
+    def say(line: str) -> None:
+        if not stopping.is_set():
+            with printing:
+                print(line, flush=True)
+
+    def show(cell: Cell, follower: LogFollower) -> None:
+        for event in follower.poll():
+            say(f"{time.strftime('%H:%M:%S')} {cell.name} | {event}")
+
+    ended = threading.Semaphore(0)  # released as each slot ends (Thread.join is unsafe to interrupt before 3.13)
+
+    def slot(gpus: tuple[int, ...]) -> None:
+        try:
+            run_slot(gpus)
+        finally:
+            ended.release()
+
+    def run_slot(gpus: tuple[int, ...]) -> None:  # takes the next cell whenever its job has ended
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the jobs started from here inherit it
         executor = submitit.LocalExecutor(folder)
         executor.update_parameters(timeout_min=timeout_min, gpus_per_node=len(gpus), visible_gpus=gpus)
         while True:
@@ -317,23 +415,55 @@ def run_local(cells: list[Cell], slots: list[tuple[int, ...]], folder: Path, tim
                 i = next(pending, None)
                 if i is None or stopping.is_set():
                     return
-                job = executor.submit(cells[i])
-                jobs.append(job)
-            record(cells[i], "local", job)
-            results[i] = outcome(job)
+                cells[i].stop_file = stop_file
+                follower = LogFollower(cells[i].log, progress)
+                jobs[i] = executor.submit(cells[i])
+                if progress:
+                    followers[cells[i].name] = follower
+            record(cells[i], "local", jobs[i])
+            results[i] = outcome(jobs[i])
+            with lock:
+                del jobs[i]
+                followers.pop(cells[i].name, None)
+            if progress:
+                show(cells[i], follower)  # its last lines
+            say(report(cells[i], results[i]))
+
+    def watch() -> None:
+        while not stopping.wait(1.0):
+            with lock:
+                watched = [(c, followers[c.name]) for c in cells if c.name in followers]
+            for cell, follower in watched:
+                show(cell, follower)
 
     threads = [threading.Thread(target=slot, args=(gpus,), daemon=True) for gpus in slots]
+    threads += [threading.Thread(target=watch, daemon=True)] * bool(progress)
+    in_main = threading.current_thread() is threading.main_thread()  # where Python handles signals
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None  # as Ctrl-C
     for t in threads:
         t.start()
+    asked, waiting = 0, len(slots)  # Ctrl-Cs so far; slots still running
     try:
-        for t in threads:
-            t.join()
-    except KeyboardInterrupt:
-        with lock:
-            stopping.set()
-            for job in jobs:
-                job.cancel(check=False)
-        raise
+        while waiting:
+            try:
+                ended.acquire()
+                waiting -= 1
+            except KeyboardInterrupt:  # each one asks the running stages once more (the second: at once)
+                asked += 1
+                with lock:
+                    stopping.set()
+                    stop_file.touch()
+                    running = list(jobs.values())
+                for job in running:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(job.job_id), signal.SIGTERM)  # a local job's id is its controller's pid
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        stopping.set()
+        stop_file.unlink(missing_ok=True)
+    if asked:
+        raise GridStopped(results)
     return results
 
 
@@ -378,14 +508,17 @@ def outcome(job) -> dict:
         return {"status": "failed", "stage": None, "returncode": None, "error": str(e).strip().splitlines()[0]}
 
 
-def report(cell: Cell, result: dict) -> str:
+def report(cell: Cell, result: dict, again: str = "launch the grid again") -> str:
+    """One line on how a cell's job ended; `again`: how to run the same thing again."""
     if result["status"] == "done":
         return f"{cell.name}: done"
     if result["stage"] is None:
-        return f"{cell.name}: job failed ({result['error']}); launch the grid again to resume it"
+        return f"{cell.name}: job failed ({result['error']}); {again} to resume it"
+    if result["returncode"] is None:  # asked to stop before the stage started
+        return f"{cell.name}: stopped before {result['stage']}; {again} to resume it"
     where = f"{cell.name}: {result['status']} in {result['stage']} (exit {result['returncode']})"
     if result["status"] == "stopped":
-        return f"{where}; launch the grid again to resume it"
+        return f"{where}; {again} to resume it"
     lines = [line for line in Path(result["log"]).read_text(errors="replace").splitlines() if line.strip()]
     return f"{where}: {lines[-1].strip() if lines else ''} [log: {result['log']}]"
 
@@ -418,13 +551,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(local default: the CPUs shared among the slots)")
     p.add_argument("--time", type=int, default=24 * 60, help="minutes per job before it is stopped and requeued")
     p.add_argument("--dry-run", action="store_true", help="print each cell's state and next command; run nothing")
+    p.add_argument("--rerun-stale", action="store_true", help="run afresh the stages whose settings, data or upstream "
+                   "files changed since they ran (default: refuse those cells); each old run moves to previous/")
     local = p.add_argument_group("local executor")
     local.add_argument("--slots", type=int, help="jobs at once (default: one per GPU group, or 1)")
+    local.add_argument("--progress", type=float, default=10, metavar="SECONDS", help="show each running cell's "
+                       "log lines and progress bar (epochs, generations) at most this often (default 10; 0: only "
+                       "each cell's end)")
     slurm = p.add_argument_group("slurm executor")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--array-parallelism", type=int, help="cells running at once (default: all)")
     args = p.parse_args(argv)
+    if args.progress < 0:
+        raise UserError(f"--progress {args.progress:g}: give seconds, at least 0")
     for opt in ("gpus_per_job", "cpus_per_job", "time", "slots", "array_parallelism"):
         value = getattr(args, opt)
         if value is not None and value < (0 if opt == "gpus_per_job" else 1):
@@ -437,24 +577,91 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def mark_stale(cells: list[Cell]) -> None:
-    """Mark each finished stage whose run (its run.yaml) was made with other settings than its cell
-    has now: it is not complete, so the cell runs it with --resume, which refuses naming the keys
-    that changed, instead of the old result passing for the new one. Runs in the launcher: the
-    jobs, which unpickle a Cell without the launcher's imports, only read `stale`."""
+    """Find, in each cell, the stages whose run a --resume would refuse or whose finished result no
+    longer holds (`cell.stale`: stage → why), comparing what the stage's --resume compares: the
+    config keys its result depends on, the task's data as it is now (its lists' digest and class
+    count, read from the lists), and the upstream files it read; and every stage after one that
+    runs again (its outputs will be new). A cell whose data cannot be read now gets `cell.error`.
+    Runs in the launcher; the jobs only read `stale`."""
+    data: dict = {}  # each task's data, read once
+    digests: dict = {}  # each upstream file's SHA-256, read once
     for cell in cells:
-        cfg = None
-        for stage in cell.stages:
-            folder = cell.folder / stage.name
-            if not (folder / stage.done).is_file() or not (folder / identity.RECORD).is_file():
-                continue  # not finished, or made by hand or an older version: nothing to compare
-            try:
-                cfg = cfg or load_config(cell.configs, cell.overrides)
-                record = load_yaml(folder / identity.RECORD)
-                stale = bool(identity.resume_differences(record, cfg, record["data"], identity.USES[stage.name]))
-            except (UserError, KeyError, TypeError):  # a damaged record: the stage's resume says what is wrong
-                stale = True
-            if stale:
-                cell.stale.add(stage.name)
+        cell.stale, cell.error = {}, None
+        try:
+            cell.stale = stale_stages(cell, data, digests)
+        except UserError as e:
+            cell.error = str(e)
+
+
+def stale_stages(cell: Cell, data: dict, digests: dict) -> dict[str, str]:
+    stale, cfg, runs = {}, None, None  # runs: the first stage that runs (afresh or resumed)
+    for stage in cell.stages:
+        folder = StageFolder(cell.folder / stage.name)
+        if not folder.contents():
+            runs = runs or stage.name
+            continue
+        if runs:
+            stale[stage.name] = f"made from the outputs of {runs}, which runs now"
+            continue
+        try:
+            record = load_yaml(folder.path / RECORD)
+            upstream = record["upstream"]
+            if not all(isinstance(x, dict) for x in (record["config"], record["data"], upstream)):
+                raise TypeError
+        except (UserError, KeyError, TypeError):
+            stale[stage.name] = f"no readable run record ({RECORD}: damaged, or written by an older version)"
+            runs = stage.name
+            continue
+        cfg = cfg or load_config(cell.configs, cell.overrides)
+        diffs = identity.resume_differences(record, cfg, task_data(cfg, data), identity.USES[stage.name])
+        why = [f"{'; '.join(diffs)} (then → now)"] * bool(diffs)
+        for rel, digest in upstream.items():
+            now = file_digest(cell.folder / rel, digests)
+            if now != digest:
+                why.append(f"{rel} {'is gone' if now is None else 'changed since it ran'}")
+        if why:
+            stale[stage.name] = "; ".join(why)
+            runs = stage.name
+        elif not record.get("finished"):
+            runs = stage.name  # resumes
+        elif not (folder.path / stage.output).is_file():
+            stale[stage.name] = f"it finished, but its {stage.output} is gone"
+            runs = stage.name
+    return stale
+
+
+def task_data(cfg: dict, cache: dict) -> dict:
+    """What a stage records of its task's data, read from the lists as they are now."""
+    d, layout = cfg["data"], experiment_layout(cfg)
+    key = (str(d["root"]), d["task"], d["num_classes"], layout)
+    if key not in cache:
+        try:
+            cache[key] = identity.data_identity(check_task_lists(d["root"], d["task"], d["num_classes"], layout))
+        except UserError as e:
+            cache[key] = UserError(f"its finished runs cannot be checked against the data: {e}")
+    if isinstance(cache[key], UserError):
+        raise cache[key]
+    return cache[key]
+
+
+def file_digest(path: Path, cache: dict) -> str | None:
+    """A file's SHA-256 (None: it is gone)."""
+    if path not in cache:
+        cache[path] = file_sha256(path) if path.is_file() else None
+    return cache[path]
+
+
+def refusal(cell: Cell) -> str:
+    """Why a cell is not run: in launcher terms, what changed."""
+    if cell.error:
+        return f"{cell.name}: refused: {cell.error}"
+    return f"{cell.name}: refused: " + "; ".join(f"{stage}: {why}" for stage, why in cell.stale.items())
+
+
+def refused_hint(again: str) -> str:
+    """What to do about refused cells, `again` being how to run the same thing again."""
+    return (f"refused cells keep their runs and are left out of the table; to run their stale stages afresh, {again} "
+            "with --rerun-stale (each old run moves to its stage folder's previous/), or into another output folder")
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -469,11 +676,21 @@ def launch(args: argparse.Namespace) -> int:
         threads = args.cpus_per_job or max(1, (os.cpu_count() or 1) // len(slots))
     cells = make_cells(grid, args.gpus_per_job, threads)
     mark_stale(cells)
-    todo = [c for c in cells if not c.done()]
+    refused = [c for c in cells if c.error or (c.stale and not args.rerun_stale)]
+    todo = [c for c in cells if c not in refused and not c.done()]
     running = on_slurm(todo)
     todo = [c for c in todo if c.name not in running]
-    print(f"grid {grid.output}: {len(cells)} cells, {len(cells) - len(todo) - len(running)} done, {len(todo)} to run"
+    done = len(cells) - len(todo) - len(running) - len(refused)
+    print(f"grid {grid.output}: {len(cells)} cells, {done} done, {len(todo)} to run"
+          + (f", {len(refused)} refused (settings or data changed since they ran)" if refused else "")
           + (f", {len(running)} still on SLURM: {', '.join(sorted(running))}" if running else ""))
+    for cell in refused:
+        print(refusal(cell))
+    if any(c.stale and not c.error for c in refused):
+        print(refused_hint("launch again"))
+    for cell in todo:
+        for stage, why in cell.stale.items():
+            print(f"{cell.name}: {stage} runs afresh: {why}")
     if args.dry_run:
         for cell in todo:
             stage = next(s for s in cell.stages if not cell.complete(s))
@@ -486,18 +703,21 @@ def launch(args: argparse.Namespace) -> int:
         print(f"submitted {len(jobs)} cells as SLURM job array {jobs[0].job_id.split('_')[0]} "
               f"(logs: {grid.output / '.submitit'}); launch again to see progress and resume what stopped")
     elif todo:
-        print(f"running {len(todo)} cells, {len(slots)} at a time" + (f" (GPUs {slots})" if args.gpus_per_job else ""))
-        results = run_local(todo, slots, submitit_folder, args.time)
-        for cell, result in zip(todo, results):
-            print(report(cell, result))
+        print(f"running {len(todo)} cells, {len(slots)} at a time" + (f" (GPUs {slots})" if args.gpus_per_job else ""),
+              flush=True)
+        results = run_local(todo, slots, submitit_folder, args.time, args.progress)
         failed = any(r["status"] != "done" for r in results)
     import summarize
 
-    summary = summarize.write_summary(grid.output)
+    stale = {c.folder: "settings or data changed since it ran (refused above)" for c in refused}
+    summary = summarize.write_summary(grid.output, stale)
     if summary:
         text, files = summary
         print(f"\n{text}(written to {grid.output}: {', '.join(f.name for f in files)})")
-    return 1 if failed else 0
+    elif refused and (grid.output / "results.md").is_file():
+        print(f"{grid.output / 'results.md'} and its figures were not rewritten: no finished cell holds now, "
+              "so they still show an earlier launch's runs")
+    return 1 if failed else 2 if refused else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,9 +726,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: every job of this launch was stopped; launch the grid again to resume", file=sys.stderr)
-        return 130
+    except (GridStopped, KeyboardInterrupt) as e:
+        results = e.results if isinstance(e, GridStopped) else []
+        stopped = sum(r is not None and r["status"] == "stopped" for r in results)
+        unstarted = sum(r is None for r in results)
+        what = (f"{stopped} running cell(s) stopped at a checkpoint, {unstarted} not started; " if results else "")
+        print(f"stopped: {what}launch the grid again with the same command to continue where it stopped",
+              file=sys.stderr)
+        return STOPPED_RESUMABLE
 
 
 if __name__ == "__main__":

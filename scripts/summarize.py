@@ -1,4 +1,7 @@
-"""Collect `retrain/results.json` files under a folder into a results table (Markdown + CSV).
+"""Collect the finished runs under a folder into a results table (Markdown + CSV).
+
+A run counts once its retrain's run record (retrain/run.yaml) says finished; its numbers come from
+retrain/results.json. Runs left out (unfinished, a damaged results.json) are named under the table.
 
 FOLDER is one run, a folder of runs (outputs/vtab/[<method>/]<task>/), or a grid of scripts/launch.py
 (<grid>/[<config>/]<task>/seed<k>/). A run's config is its folder below FOLDER without the task and
@@ -27,6 +30,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.registry import GROUPS, TASKS, lookup, published
@@ -41,23 +46,94 @@ PARAMS = ("trainable_params", "adapter_params", "head_params")  # shown as means
 ORDER = {name: i for i, name in enumerate(TASKS)}  # VTAB tasks in the registry's (the papers') order
 
 
+STAGE_FOLDERS = ("supernet", "search", "retrain")
+NUMBERS = ("test_acc", "trainable_params", "adapter_params", "head_params")  # required in results.json
+
+
 def collect(folder: Path) -> list[dict]:
-    """One row per run, i.e. per folder holding a retrain/results.json."""
-    runs = []
-    for path in sorted(folder.glob("**/retrain/results.json")):
-        r = json.loads(path.read_text())
-        run = path.parent.parent
-        task = lookup(r["task"], r.get("benchmark") or "vtab")
-        row = {
-            "config": config_label(folder, run, r["task"]) or r.get("method", ""), "task": r["task"],
-            "shots": r.get("shots"), "protocol": r.get("protocol", HONEST),
-            "group": task.group if task else "own", "test_acc": r["test_acc"], "test_acc_merged": r["test_acc_merged"],
-            "trainable_params": r["trainable_params"], "adapter_params": r["adapter_params"],
-            "head_params": r["head_params"], "run": str(run), "seed": _seed(run),
-            "test_sets": r.get("test_sets") or {},
-        }
-        runs.append(row)
-    return runs
+    """One row per finished run (a folder whose retrain/run.yaml says finished, with its results.json)."""
+    return survey(folder)[0]
+
+
+def survey(folder: Path, stale: dict | None = None) -> tuple[list[dict], list[str]]:
+    """The rows of `collect`, and a line for each run left out: unfinished, with a damaged results.json,
+    or in `stale` (run folder → why)."""
+    stale = {Path(k).resolve(): why for k, why in (stale or {}).items()}
+    runs, left_out = [], []
+    for run in run_folders(folder):
+        if supernet_alone(run):
+            continue
+        label = "." if run == folder else str(run.relative_to(folder))
+        why = stale.get(run.resolve()) or unfinished(run)
+        if why:
+            left_out.append(f"{label}: {why}")
+            continue
+        path = run / "retrain" / "results.json"
+        try:
+            runs.append(result_row(folder, run, path))
+        except ValueError as e:
+            left_out.append(f"{label}: {path.relative_to(folder)} is damaged ({e}); run its retrain again")
+    return runs, left_out
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """Every folder under FOLDER (or FOLDER itself) holding a run: a retrain's results, or a stage's run record."""
+    marks = [*folder.glob("**/retrain/results.json"), *folder.glob("**/run.yaml")]
+    return sorted({m.parent.parent for m in marks if m.parent.name in STAGE_FOLDERS})
+
+
+def supernet_alone(run: Path) -> bool:
+    """A finished supernet with no search or retrain beside it (a budget sweep's, or one imported):
+    not a run of the table."""
+    return (not (run / "search").is_dir() and not (run / "retrain").is_dir()
+            and (_record(run / "supernet" / "run.yaml") or {}).get("finished") is not None)
+
+
+def unfinished(run: Path) -> str | None:
+    """Why a run is not finished (its retrain's run record does not say finished), or None. A
+    results.json without a run record (written by an older version) counts as finished."""
+    stages = [s for s in STAGE_FOLDERS if (run / s).is_dir()]
+    records = {s: _record(run / s / "run.yaml") for s in stages}
+    if "retrain" in records and records["retrain"] is None and (run / "retrain" / "results.json").is_file():
+        return None
+    if (records.get("retrain") or {}).get("finished"):
+        return None
+    last = stages[-1] if stages else "retrain"
+    state = "finished" if (records.get(last) or {}).get("finished") else "stopped, failed or still running"
+    return f"unfinished (its {last} {state}; no finished retrain)"
+
+
+def _record(path: Path) -> dict | None:
+    """A stage's run record, None where it is missing or unreadable."""
+    try:
+        record = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def result_row(folder: Path, run: Path, path: Path) -> dict:
+    """A run's row from its results.json; ValueError says what is wrong with the file."""
+    try:
+        r = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if not isinstance(r, dict) or not isinstance(r.get("task"), str):
+        raise ValueError("no task")
+    for key in (*NUMBERS, "test_acc_merged"):
+        value = r.get(key)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) or
+                (value is None and key == "test_acc_merged")):
+            raise ValueError(f"{key} is {value!r}, not a number")
+    task = lookup(r["task"], r.get("benchmark") or "vtab")
+    return {
+        "config": config_label(folder, run, r["task"]) or r.get("method", ""), "task": r["task"],
+        "shots": r.get("shots"), "protocol": r.get("protocol", HONEST),
+        "group": task.group if task else "own", "test_acc": r["test_acc"], "test_acc_merged": r["test_acc_merged"],
+        "trainable_params": r["trainable_params"], "adapter_params": r["adapter_params"],
+        "head_params": r["head_params"], "run": str(run), "seed": _seed(run),
+        "test_sets": r.get("test_sets") or {},
+    }
 
 
 def config_label(folder: Path, run: Path, task: str) -> str:
@@ -156,7 +232,7 @@ def protocol_label(p: str) -> str:
     return p if p == HONEST else f"{p} (test-selected)"
 
 
-def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None) -> str:
+def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None, left_out: list[str] = ()) -> str:
     with_config = any(r["config"] for r in rows)
     with_n = any(r["n"] > 1 for r in rows)
     shown = {"config": with_config, "n": with_n, "shots": any(r["shots"] for r in rows),
@@ -213,6 +289,8 @@ def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None
     own = sorted({r["task"] for r in rows if r["group"] == "own"})
     if means and own:
         notes.append(f"Tasks of your own ({', '.join(own)}: group own) are not in the VTAB-1k group or overall means.")
+    if left_out:
+        notes += [f"Left out ({len(left_out)} run{'s' * (len(left_out) > 1)}):", *(f"- {line}" for line in left_out)]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -224,14 +302,16 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_summary(folder: Path) -> tuple[str, list[Path]] | None:
-    """Write the tables and figures into FOLDER; returns the Markdown and the files, or None without results."""
-    runs = collect(folder)
+def write_summary(folder: Path, stale: dict | None = None) -> tuple[str, list[Path]] | None:
+    """Write the tables and figures into FOLDER; returns the Markdown and the files, or None without a
+    finished run (then nothing is written). `stale`: run folders to leave out, with why (a launcher's
+    refused cells); the table names them, and every run left out as unfinished or damaged."""
+    runs, left_out = survey(folder, stale)
     if not runs:
         return None
     rows = aggregate(runs)
     means = vtab_means(rows)
-    text = markdown(rows, means, runs)
+    text = markdown(rows, means, runs, left_out)
     per_run = [{k: v for k, v in r.items() if k != "test_sets"} for r in runs]
     tables = {"results.md": text, "results.csv": to_csv(rows), "results_groups.csv": to_csv(means) if means else None,
               "results_runs.csv": to_csv(per_run) if any(r["n"] > 1 for r in rows) else None}
@@ -249,7 +329,10 @@ def main() -> int:
     args = p.parse_args()
     summary = write_summary(args.folder)
     if summary is None:
-        print(f"error: no retrain/results.json under {args.folder}; run retrain.py first", file=sys.stderr)
+        for line in survey(args.folder)[1]:
+            print(f"left out: {line}", file=sys.stderr)
+        print(f"error: no finished run (retrain/results.json) under {args.folder}; run retrain.py first",
+              file=sys.stderr)
         return 2
     text, files = summary
     print(text, end="")

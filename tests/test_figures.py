@@ -56,6 +56,12 @@ def test_task_accuracy_figure_shows_mean_per_task_and_method():
     # no mean column when a method misses a task (means over different tasks would mislead)
     partial = [r for r in rows() if not (r["task"] == "eurosat" and r["method"] == "linear probe")]
     assert [t.get_text() for t in task_accuracy_figure(partial).axes[0].get_xticklabels()] == ["dtd", "eurosat"]
+    # the title says how many runs each bar holds: no ± with one run
+    assert ax.get_title() == "Test accuracy per task (mean over n = 1–2 runs, ± std where n > 1)"
+    single = [r for r in rows() if r["test_acc"] not in (72.0, 92.0)]
+    assert task_accuracy_figure(single).axes[0].get_title() == "Test accuracy per task (one run each)"
+    glora = [r for r in rows() if r["method"] == "GLoRA"]
+    assert task_accuracy_figure(glora).axes[0].get_title() == "Test accuracy per task (mean ± std over n = 2 runs)"
 
 
 def test_accuracy_params_figure_places_runs_and_method_means():

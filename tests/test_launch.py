@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 
 from conftest import TINY
 from data import TASKS, build_demo
+from data.checks import check_task_lists
 from engine import identity
 from engine.config import load_config
+from glora.io import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "scripts" / "launch.py"
@@ -29,8 +31,10 @@ import launch  # noqa: E402
 
 cloudpickle.register_pickle_by_value(launch)  # as when launch.py runs as a script: jobs need not import it
 
-# A stand-in for a stage script: records each call, then behaves as MODE says. "wait" is a stage
-# that the reliability issue's handling will make of ours: on SIGTERM it checkpoints and exits 75.
+# A stand-in for a stage script: records each call, then behaves as MODE says. "wait" stops as ours do:
+# on SIGTERM (or SIGINT) it takes a moment to write its checkpoint and exits 75; every signal it
+# receives is recorded (two would mean it lost its partial epoch). A finished one writes its run
+# record saying so, as ours do last.
 FAKE_STAGE = """
 import os, signal, sys, time
 from pathlib import Path
@@ -53,13 +57,21 @@ if MODE == "stubborn":
     time.sleep(120)
 if MODE == "wait" and not resume:
     def stop(signum, frame):
-        (folder / "stopped").write_text(signal.Signals(signum).name)
-        sys.exit(75)
+        with open(folder / "signals", "a") as f:
+            f.write(signal.Signals(signum).name + "\\n")
+        if not (folder / "stopped").exists():
+            (folder / "stopped").write_text(signal.Signals(signum).name)
+            time.sleep(1)  # writing the checkpoint
+            sys.exit(75)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     (folder / "job_pid").write_text(str(os.getppid()))
     time.sleep(120)
     sys.exit(1)
+print("12:00:00 " + folder.name + ": working")
+print(folder.name + ": 100%|##########| 3/3 [00:01<00:00, 2.00it/s, loss=0.5]", file=sys.stderr)
 (folder / "done").write_text("")
+(folder / "run.yaml").write_text("run: fake\\nfinished: now\\n")
 """
 
 
@@ -107,28 +119,108 @@ def test_cell_skips_complete_stages_resumes_started_ones_and_reports_exit_status
     assert line == f"bad: failed in broken (exit 3): error: the fake stage failed; fix it [log: {failing.log}]"
 
 
-def test_a_finished_stage_made_with_other_settings_is_not_complete(tmp_path):
-    """A relaunch with changed settings must not report the old result as done: the stage runs
-    again with --resume, which refuses naming the keys."""
-    out, experiment = tmp_path / "cell", [str(ROOT / "configs" / "demo.yaml")]
+def tiny_task(root: Path) -> Path:
+    """A task of one's own with 3 classes and 12 (unread) images: enough for the lists' checks."""
+    task = root / "tiny"
+    (task / "img").mkdir(parents=True)
+    for i in range(12):
+        (task / "img" / f"{i}.png").write_bytes(b"x")
+    lines = [f"img/{i}.png {i % 3}" for i in range(12)]
+    for split, part in {"train800": lines[:6], "val200": lines[6:9], "train800val200": lines[:9],
+                        "test": lines[9:]}.items():
+        (task / f"{split}.txt").write_text("\n".join(part) + "\n")
+    return task
 
-    def cell(epochs):
-        return launch.Cell("c", out, experiment, [f"output={out}", f"retrain.epochs={epochs}"], stages=launch.STAGES[2:])
 
-    folder = out / "retrain"
-    folder.mkdir(parents=True)
-    (folder / "results.json").write_text("{}")
-    record = {"run": "r", "config": load_config(experiment, [f"output={out}", "retrain.epochs=3"]),
-              "data": {"num_classes": 10, "fingerprint": "f"}, "upstream": {}}
-    (folder / identity.RECORD).write_text(yaml.safe_dump(record))
-    same, other = cell(3), cell(4)
-    launch.mark_stale([same, other])
-    assert same.done() and not other.done() and other.stale == {"retrain"}
-    assert "--resume" in other.command(launch.STAGES[2])
-    (folder / identity.RECORD).write_text("[damaged")
-    damaged = cell(3)
-    launch.mark_stale([damaged])
-    assert not damaged.done()
+def finished_stage(cell, stage, finished=True, upstream=None):
+    """A stage folder as the stage leaves it: its final output and its run record (of the cell's settings now)."""
+    folder = cell.folder / stage.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / stage.output).write_text("{}")
+    cfg = load_config(cell.configs, cell.overrides)
+    d = cfg["data"]
+    record = {"run": "r", "config": cfg, "upstream": upstream or {},
+              "data": identity.data_identity(check_task_lists(d["root"], d["task"], d["num_classes"]))}
+    (folder / identity.RECORD).write_text(yaml.safe_dump({**record, **({"finished": "now"} if finished else {})}))
+
+
+def test_a_stage_is_complete_only_when_its_run_finished_with_the_settings_and_data_of_now(tmp_path):
+    """What each stage's --resume compares, the launcher compares: config keys, the data read now (an
+    edited label changes the lists' digest), upstream files; a stage after one that runs is stale too."""
+    tiny_task(tmp_path / "data")
+    out = tmp_path / "cell"
+    supernet, search, retrain = launch.STAGES
+
+    def cell(*sets):
+        c = launch.Cell("c", out, [str(ROOT / "configs" / "demo.yaml")],
+                        [f"output={out}", f"data.root={tmp_path / 'data'}", "data.task=tiny", *sets])
+        launch.mark_stale([c])
+        return c
+
+    for stage in launch.STAGES:
+        finished_stage(cell(), stage, upstream={"supernet/supernet.safetensors": "x"} if stage is search else None)
+    (out / "supernet" / "supernet.safetensors").write_text("x")
+    assert cell().stale == {"search": "supernet/supernet.safetensors changed since it ran",
+                            "retrain": "made from the outputs of search, which runs now"}
+    finished_stage(cell(), search, upstream={"supernet/supernet.safetensors": file_sha256(out / "supernet" /
+                                                                                          "supernet.safetensors")})
+    assert cell().done() and cell().stale == {}
+    changed = cell("retrain.epochs=4")
+    assert changed.stale == {"retrain": "retrain.epochs (40 → 4) (then → now)"} and not changed.done()
+    assert "--resume" not in changed.command(retrain)  # if it runs, it runs afresh
+
+    lists = tmp_path / "data" / "tiny" / "train800.txt"
+    lists.write_text(lists.read_text().replace("img/0.png 0", "img/0.png 1"))  # a label edited
+    for name in ("train800val200",):
+        union = tmp_path / "data" / "tiny" / f"{name}.txt"
+        union.write_text(union.read_text().replace("img/0.png 0", "img/0.png 1"))
+    edited = cell()
+    assert list(edited.stale) == ["supernet", "search", "retrain"]
+    assert edited.stale["supernet"].startswith("data: the task's list files (digest) (")
+    assert edited.stale["search"] == "made from the outputs of supernet, which runs now"
+    for stage in launch.STAGES:
+        finished_stage(cell(), stage)
+
+    (out / "retrain" / "results.json").unlink()  # a finished run whose output is gone
+    assert cell().stale == {"retrain": "it finished, but its results.json is gone"}
+    finished_stage(cell(), retrain, finished=False)  # killed after results.json, before its Hub folder
+    unfinished = cell()
+    assert unfinished.stale == {} and not unfinished.complete(retrain) and unfinished.complete(search)
+    assert unfinished.command(retrain)[-1] == "--resume"
+    (out / "retrain" / identity.RECORD).write_text("[damaged")
+    assert cell().stale == {"retrain": "no readable run record (run.yaml: damaged, or written by an older version)"}
+
+    lists.unlink()  # the data cannot be read now: the finished runs cannot be checked
+    broken = cell()
+    assert broken.error.startswith("its finished runs cannot be checked against the data: ") and not broken.done()
+
+
+def test_a_relaunch_refuses_stale_cells_in_its_own_terms_and_leaves_the_table(tmp_path, capsys):
+    tiny_task(tmp_path / "data")
+    grid = tmp_path / "g"
+    argv = ["--output", str(grid), "--experiment", str(ROOT / "configs" / "demo.yaml"), "--tasks", "tiny",
+            "--configs", "lora", "--gpus-per-job", "0", "--set", f"data.root={tmp_path / 'data'}"]
+    [cell] = launch.make_cells(launch.load_grid(launch.parse_args(argv)), 0, None)
+    finished_stage(cell, launch.STAGES[2])
+    (cell.folder / "retrain" / "results.json").write_text(json.dumps(
+        {"task": "tiny", "test_acc": 50.0, "test_acc_merged": 50.0, "trainable_params": 10, "adapter_params": 8,
+         "head_params": 2}))
+    assert launch.main(argv) == 0
+    table = (grid / "results.md").read_text()
+    assert "| lora | tiny | own | 50.00 |" in table and "1 cells, 1 done, 0 to run" in capsys.readouterr().out
+
+    argv += ["--set", "retrain.lr=0.5"]
+    assert launch.main(argv) == 2
+    out = capsys.readouterr().out
+    assert "1 cells, 0 done, 0 to run, 1 refused (settings or data changed since they ran)" in out
+    assert "lora/tiny/seed0: refused: retrain: retrain.lr (0.003 → 0.5) (then → now)" in out
+    assert "launch again with --rerun-stale" in out and "without --resume" not in out
+    assert "results.md and its figures were not rewritten" in out and (grid / "results.md").read_text() == table
+
+    assert launch.main([*argv, "--rerun-stale", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "lora/tiny/seed0: retrain runs afresh: retrain.lr (0.003 → 0.5)" in out
+    assert "lora/tiny/seed0: next " in out and "--resume" not in out
 
 
 def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_path, monkeypatch, capsys):
@@ -144,6 +236,24 @@ def test_a_budget_sweep_stopped_by_a_signal_stops_its_stage_and_exits_75(tmp_pat
     assert capsys.readouterr().err.endswith("stopped: the running stage wrote its checkpoint; run the same command "
                                             "again to resume\n")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_budget_sweep_refuses_a_cell_whose_data_changed_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    import budgets
+
+    tiny_task(tmp_path / "data")
+    out = tmp_path / "sweep"
+    sets = [f"output={out}", f"data.root={tmp_path / 'data'}", "data.task=tiny"]
+    supernet = launch.Cell("supernet", out, [str(ROOT / "configs" / "demo.yaml")], sets, stages=launch.STAGES[:1])
+    finished_stage(supernet, launch.STAGES[0])
+    test = tmp_path / "data" / "tiny" / "test.txt"
+    test.write_text(test.read_text().replace("img/9.png 0", "img/9.png 2"))  # a test label corrected
+    monkeypatch.setattr(budgets, "sweep_cells", lambda *args: [supernet])
+    assert budgets.main(["exp.yaml", "--budgets", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("supernet: refused: supernet: data: the task's list files (digest) (")
+    assert "run the same command again with --rerun-stale" in err and "nothing ran" in err
+    assert "without --resume" not in err and not (out / "supernet" / "previous").exists()
 
 
 def test_a_budget_sweep_trains_its_own_supernet():
@@ -169,8 +279,10 @@ def test_checkpoint_stops_the_stage_kills_it_after_the_grace_period_and_requeues
 def test_commands_resume_started_stages_and_use_torchrun_for_several_gpus(tmp_path):
     cell = launch.Cell("c", tmp_path / "c", "/x/exp.yaml", ["seed=1"], gpus=2)
     supernet, search, _ = launch.STAGES
-    assert cell.command(supernet)[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                            str(ROOT / "train.py")]
+    for stage, script in ((supernet, "train.py"), (search, "search.py")):
+        assert cell.command(stage)[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                            str(ROOT / script)]
+    cell.gpus = 1
     assert cell.command(search)[1:] == [str(ROOT / "search.py"), "/x/exp.yaml", "--set", "seed=1"]
     (tmp_path / "c" / "search").mkdir(parents=True)
     assert cell.command(search)[-1] == "--resume"
@@ -193,23 +305,37 @@ def test_a_job_stopped_by_the_scheduler_stops_its_stage_is_requeued_and_resumes(
     assert "Requeued job" in log.read_text()
 
 
-def test_ctrl_c_stops_every_job_and_the_stage_it_runs(tmp_path):
+@pytest.mark.parametrize("to_group", [True, False], ids=["process group", "launcher alone"])
+def test_ctrl_c_stops_the_running_stage_once_starts_no_other_cell_and_says_how_to_continue(tmp_path, to_group):
+    """One slot, four cells: Ctrl-C (SIGINT to the terminal's process group, or `kill -INT` to the
+    launcher) stops the running stage with one signal (it checkpoints and exits 75), starts no other
+    cell, and the launcher ends with one line and exit 75, no traceback."""
     first = fake_stage(tmp_path, "first", "wait")
-    folder = tmp_path / "cell"
+    folder = tmp_path / "g"
     runner = subprocess.Popen([sys.executable, "-c", f"""
 import sys, cloudpickle
 sys.path.insert(0, {str(ROOT / "scripts")!r})
 import launch
 cloudpickle.register_pickle_by_value(launch)
-cell = launch.Cell("cell", launch.Path({str(folder)!r}), None, ["output={folder}"],
-                   stages=(launch.StageSpec(*{tuple(first)!r}),))
-launch.run_local([cell], [()], launch.Path({str(tmp_path / "submitit" / "%j")!r}), 10)
-"""], stderr=subprocess.PIPE, text=True)
-    wait_for((folder / "first" / "job_pid").is_file, timeout=60)
-    runner.send_signal(signal.SIGINT)  # to the launcher alone, as from `kill -INT`
-    assert "KeyboardInterrupt" in runner.communicate(timeout=30)[1]
-    wait_for((folder / "first" / "stopped").is_file, timeout=30)  # the cancelled job stopped its stage
-    assert (folder / "first" / "stopped").read_text() == "SIGTERM"
+spec = launch.StageSpec(*{tuple(first)!r})
+launch.make_cells = lambda grid, gpus, threads: [
+    launch.Cell(f"c{{i}}", grid.output / f"c{{i}}", None, [f"output={{grid.output / f'c{{i}}'}}"], stages=(spec,))
+    for i in range(4)]
+sys.exit(launch.main(["--output", {str(folder)!r}, "--tasks", "x", "--gpus-per-job", "0", "--slots", "1"]))
+"""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stage = folder / "c0" / "first"
+    wait_for((stage / "job_pid").is_file, timeout=120)
+    if to_group:
+        os.killpg(runner.pid, signal.SIGINT)  # as the terminal does on Ctrl-C
+    else:
+        os.kill(runner.pid, signal.SIGINT)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == launch.STOPPED_RESUMABLE, err
+    assert (stage / "signals").read_text() == "SIGTERM\n"  # one signal: it kept its partial epoch
+    assert not any((folder / f"c{i}").exists() for i in (1, 2, 3))  # no other cell started
+    assert err == ("stopped: 1 running cell(s) stopped at a checkpoint, 3 not started; launch the grid again with "
+                   "the same command to continue where it stopped\n")
+    assert "Traceback" not in out
 
 
 def test_local_slots():
@@ -308,12 +434,17 @@ def test_a_job_array_sbatch_refuses_is_one_error_line(tmp_path, monkeypatch, cap
     (["--name", "g", "--tasks", "dtd", "--configs", "nope.yaml"], "no experiment config nope.yaml"),
     (["nope.yaml"], "nope.yaml: no such grid file"),
     (["grid.yaml"], "grid.yaml: a grid file is a mapping with keys name, output, experiment"),
+    (["broken.yaml"], "broken.yaml: invalid YAML (expected ',' or ']', but got ':', line 2 column 6); fix the file"),
+    (["latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 9); save it as UTF-8"),
+    (["--name", "g", "--tasks", "dtd", "--progress", "-1"], "--progress -1: give seconds, at least 0"),
     (["--name", "g", "--tasks", "dtd", "--executor", "slurm"], "no SLURM here (srun not found)"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
     (tmp_path / "grid.yaml").write_text("tasks: [dtd]\nseed: [1]\n")
+    (tmp_path / "broken.yaml").write_text("tasks: [dtd\nseeds: [1]\n")
+    (tmp_path / "latin1.yaml").write_bytes("tasks: [d\xe9t]\n".encode("latin-1"))
     assert launch.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
@@ -427,6 +558,15 @@ def test_grid_ends_with_the_table(grid):
     assert f"| mean of tasks | 2/19 | {(mean['svhn'] + mean['eurosat']) / 2:.2f} |" in md
     assert f"| mean of group means | 2/19 | {(mean['svhn'] + mean['eurosat']) / 2:.2f} |" in md
     assert (out / "results.csv").is_file() and (out / "results_groups.csv").is_file()
+
+
+@pytest.mark.slow
+def test_the_console_shows_each_cells_stages_and_epochs_as_they_go(grid):
+    first = grid["first"][1]
+    for line in ("svhn/seed0 | starts train.py", "svhn/seed0 | supernet 3/3 [", "svhn/seed0 | starts search.py",
+                 "svhn/seed0 | search 2/2 [", "svhn/seed0 | retrain 2/2 [", "svhn/seed0 | test acc1 ", "svhn/seed0: done"):
+        assert line in first, line
+    assert first.index("svhn/seed0 | supernet 3/3") < first.index("svhn/seed0: done")
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""The package: `glora` alone in the wheel, importing only what the method needs; README's library example runs."""
+"""The package: `glora` alone in the wheel, importing only what the method needs; the library example
+of docs/library.md runs."""
+import os
 import re
 import shutil
 import subprocess
@@ -50,10 +52,29 @@ def test_the_wheel_holds_glora_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_library_example_runs(tmp_path):
-    """README's "Using the library" on a ConvNeXt: it checks merged == unmerged and reloads the Hub folder itself."""
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## Using the library.*?```python\n(.*?)```", readme, re.S).group(1)
-    assert "merge_glora" in code and "assert_close" in code
-    python(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + code, cwd=tmp_path)
-    assert (tmp_path / "glora-convnext" / "model.safetensors").is_file()
+def test_the_library_example_runs_from_another_folder_and_writes_nothing_there(tmp_path):
+    """docs/library.md's example on a ConvNeXt: it checks merged == unmerged and reloads the Hub folder
+    itself; run outside the repository (glora found as `pip install -e .` makes it found), it leaves
+    the working folder empty."""
+    page = (ROOT / "docs" / "library.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    assert "merge_glora" in code and "assert_close" in code and "save_hub_folder" in code
+    site, work = tmp_path / "site", tmp_path / "work"  # glora alone on the path, as `pip install -e .` maps it
+    site.mkdir()
+    work.mkdir()
+    (site / "glora").symlink_to(ROOT / "glora")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    python(code + "\nimport importlib.util as u\nassert u.find_spec('engine') is None\n", cwd=work, env=env)
+    assert list(work.iterdir()) == []
+
+
+def test_ci_runs_readme_set_up_and_test_command():
+    """CI (.ci/run) installs what README's set-up installs (the project itself too) and runs README's test command."""
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    setup = re.search(r"## Set up and run the demo.*?```bash\n(.*?)```", readme, re.S).group(1)
+    tests = re.search(r"## Run the tests.*?```bash\n(.*?)```", readme, re.S).group(1)
+    assert "python3 -m venv .venv" in setup and "pip install -r requirements.txt -e ." in setup
+    assert "python3 -m venv .venv" in ci and "pip install -q -r requirements-bench.txt -e ." in ci
+    test_command = tests.strip().splitlines()[-1]
+    assert test_command == "python -m pytest -q -n 2" and ci.rstrip().endswith(test_command)
+    assert "-r requirements.txt" in (ROOT / "requirements-bench.txt").read_text()

@@ -125,4 +125,38 @@ def test_methods_get_their_rows_by_folder_or_by_the_method_in_their_results(tmp_
 def test_no_results_is_one_error_line(tmp_path):
     r = cli(tmp_path)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: no retrain/results.json under") and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("error: no finished run (retrain/results.json) under") and len(r.stderr.splitlines()) == 1
+
+
+def test_runs_left_out_are_named_and_the_rest_is_printed(tmp_path):
+    """A damaged results.json, a retrain killed after its results.json (its run record not finished),
+    a run stopped in its search, and a run a launcher found stale are left out, each named."""
+    g = tmp_path / "grid"
+    write_run(g / "dtd" / "seed0", "dtd", 60.0)
+    (g / "dtd" / "seed0" / "retrain" / "run.yaml").write_text("run: a\nfinished: '2026-01-01 00:00:00'\n")
+    write_run(g / "dtd" / "seed1", "dtd", 62.0)
+    (g / "dtd" / "seed1" / "retrain" / "results.json").write_text('{"task": "dtd", "test_acc": ')  # cut short
+    write_run(g / "dtd" / "seed2", "dtd", 99.0)
+    (g / "dtd" / "seed2" / "retrain" / "run.yaml").write_text("run: b\n")  # killed before its Hub folder
+    for stage in ("supernet", "search"):
+        (g / "dtd" / "seed3" / stage).mkdir(parents=True)
+        (g / "dtd" / "seed3" / stage / "run.yaml").write_text("run: c\n" + "finished: x\n" * (stage == "supernet"))
+    write_run(g / "dtd" / "seed4", "dtd", 10.0, test_acc="high")
+    write_run(g / "dtd" / "seed5", "dtd", 30.0)
+    (g / "supernet").mkdir()  # a supernet of its own (a budget sweep's) is not a run of the table
+    (g / "supernet" / "run.yaml").write_text("run: d\nfinished: x\n")
+
+    md, _ = summarize.write_summary(g, {g / "dtd" / "seed5": "settings changed since it ran"})
+    assert "| dtd | natural | 60.00 | 60.00 |" in md  # seed0 alone
+    assert md.endswith(
+        "Left out (5 runs):\n"
+        "- dtd/seed1: dtd/seed1/retrain/results.json is damaged (Expecting value: line 1 column 29 (char 28)); "
+        "run its retrain again\n"
+        "- dtd/seed2: unfinished (its retrain stopped, failed or still running; no finished retrain)\n"
+        "- dtd/seed3: unfinished (its search stopped, failed or still running; no finished retrain)\n"
+        "- dtd/seed4: dtd/seed4/retrain/results.json is damaged (test_acc is 'high', not a number); run its retrain "
+        "again\n"
+        "- dtd/seed5: settings changed since it ran\n")
+    r = cli(g)
+    assert r.returncode == 0 and "| dtd | natural | 2 | 45.00 ± 21.21 |" in r.stdout  # seeds 0 and 5
+    assert "Left out (4 runs):\n- dtd/seed1: " in r.stdout
