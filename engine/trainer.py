@@ -17,6 +17,7 @@ from tqdm import tqdm
 from glora.errors import UserError
 from glora.io import tuples
 from glora.merge import adapter_state, first_nonfinite
+from glora.optim import MaskedAdamW
 
 from . import distributed
 from .checkpoint import latest_state, save_checkpoint
@@ -25,11 +26,14 @@ from .run import Stage, log, rng_state, seed_noise, set_rng_state
 from .stop import Stopped
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
+          flags: Optional[dict] = None) -> torch.optim.Optimizer:
     """timm's AdamW (no weight decay on biases and other 1-D parameters); on CUDA the fused
-    kernel, one launch a step where the default launches several per group of tensors."""
+    kernel, one launch a step where the default launches several per group of tensors. With
+    `flags` (a static supernet's, glora.inject.used_flags), MaskedAdamW over the same groups."""
     fused = {"fused": True} if device.type == "cuda" else {}
-    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, **fused)
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, **fused)
+    return optimizer if flags is None else MaskedAdamW([dict(g) for g in optimizer.param_groups], flags=flags)
 
 
 class Trainer:
