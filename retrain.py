@@ -81,6 +81,7 @@ def main(args):
         "trainable_params": count_params(model, trainable_only=True), "subnet": r["subnet"],
         "backbone": r["backbone"], "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
         "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
+        "compile": trainer.compiler.report(),
         **protocol.describe(cfg), **benchmark_labels(cfg),
     }
     if "test_acc1" in meta:  # release-2023: the search scored this subnet on test

@@ -31,7 +31,7 @@ def main(args):
         accs = {}
         for i, subnet in enumerate(references):
             set_subnet(model, subnet)
-            accs[f"perf/val_acc1/subnet{i}"] = evaluate(model, val, device, cfg["train"]["amp"])
+            accs[f"perf/val_acc1/subnet{i}"] = evaluate(trainer.eval_model, val, device, cfg["train"]["amp"])
         set_subnet(model, None)
         if accs:
             accs["perf/val_acc1"] = sum(accs.values()) / len(accs)
@@ -50,7 +50,7 @@ def main(args):
         "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
         "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
         "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
-        "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg),
+        "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg), "compile": trainer.compiler.report(),
     })
     log.info("supernet written to %s", path)
     stage.close()

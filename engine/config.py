@@ -14,7 +14,7 @@ DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
 # Mappings merged key by key (null empties them): timm's kwargs take any key; the space and the
 # uniform layer config are checked where they are used (glora.space names the valid choices).
 FREE_FORM = {"model.kwargs", "glora.space", "retrain.uniform"}
-ANY_TYPE = {"model.pretrained"}  # false, a hub tag or a path
+ANY_TYPE = {"model.pretrained", "train.compile"}  # false, a hub tag or a path; true, false or auto
 
 
 def load_config(paths: Union[str, Sequence[str], None] = None, overrides: Iterable[str] = ()) -> dict:

@@ -26,8 +26,9 @@ COMMON = ("seed", "device", "protocol", "model", "data", "glora")
 # What each stage's result depends on besides COMMON (the stage's own section, and what it reads).
 USES = {"supernet": ("train",), "search": ("search", "train.amp", "supernet"),
         "retrain": ("method", "retrain", "train.amp", "supernet")}
-# What --resume lets change: where the data and its cache live, how often the supernet is validated.
-RESUME_FREE = ("data.root", "data.cache", "data.cache_dir", "train.eval_every")
+# What --resume lets change: where the data and its cache live, how often the supernet is validated,
+# whether the step is compiled (it changes no result beyond the order of float operations).
+RESUME_FREE = ("data.root", "data.cache", "data.cache_dir", "train.eval_every", "train.compile")
 # What an upstream file and the stage that reads it must share: the backbone (model.*), the space
 # (glora.*), the task and its preprocessing; with the data itself (class count, lists digest).
 # The protocol too: a release-2023 supernet has trained on val200, which an honest search scores on.

@@ -15,12 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from glora.errors import UserError
+from glora.inject import make_static, sample_subnet, used_flags, write_subnet
 from glora.io import tuples
 from glora.merge import adapter_state, first_nonfinite
 from glora.optim import MaskedAdamW
 
 from . import distributed
 from .checkpoint import latest_state, save_checkpoint
+from .compile import Compiler
 from .loops import train_step
 from .run import Stage, log, rng_state, seed_noise, set_rng_state
 from .stop import Stopped
@@ -43,6 +45,12 @@ class Trainer:
     ckpt_every; `validate()` returns scalars to log every `eval_every` epochs and at the end;
     `sampler` is the generator the supernet draws its subnets from (saved for exact resume).
     A stop signal ends the loop after the current batch, with a checkpoint (engine.stop).
+
+    train.compile (engine.compile) compiles the step where it pays; the supernet then takes its
+    static form: before each step the subnet is drawn (from `sampler`, layer by layer in module
+    order, as eager layers draw it in their forward) and written into its switch table, and
+    MaskedAdamW leaves the storage that subnet does not use untouched. `eval_model` is the
+    evaluation forward (compiled with the step, when `validate` is given).
     """
 
     def __init__(self, stage: Stage, model: nn.Module, loader, section: str,
@@ -52,12 +60,19 @@ class Trainer:
         self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
         c = stage.cfg[section]
         self.epochs, self.ckpt_every = int(c["epochs"]), int(c["ckpt_every"])
-        self.net = model  # what the loop calls: the model itself, or its DDP wrapper under torchrun
+        self.compiler = Compiler(stage.cfg["train"]["compile"], stage.device, distributed.world_size())
+        self.static = self.compiler.enabled and sampler is not None
+        if self.static:
+            make_static(model)
+        compiled = self.compiler.module(model)
+        self.net = compiled  # what the loop calls: the model (compiled), or its DDP wrapper under torchrun
         if distributed.world_size() > 1:
             # Layers whose config leaves some storage unused in a step leave DDP gradients to find.
             ids = [stage.device] if stage.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-        self.optimizer = adamw(model, c["lr"], c["weight_decay"], stage.device)
+            self.net = DistributedDataParallel(compiled, device_ids=ids, find_unused_parameters=True)
+        flags = used_flags(model) if self.static else None
+        self.optimizer = self.compiler.optimizer(adamw(model, c["lr"], c["weight_decay"], stage.device, flags))
+        self.eval_model = self.compiler.evaluation(compiled) if validate is not None else model
         # epochs: 0 (a retrain that only evaluates) runs no step; the schedule still needs a length.
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=max(self.epochs, 1), lr_min=c["min_lr"],
@@ -91,7 +106,11 @@ class Trainer:
         seed_noise(int(self.stage.cfg["seed"]))
         if self.stage.resume:
             self.restore()
+        self.compiler.prepare(self.optimizer)
         self.stage.begin(self.epoch)
+        log.info("%s", self.compiler.describe() if not self.compiler.enabled else
+                 f"train.compile={self.compiler.setting}: compiling {', '.join(self.compiler.parts)} on "
+                 f"{self.stage.device.type}{' with CUDA graphs' if self.compiler.report()['cuda_graphs'] else ''}")
 
     def restore(self) -> bool:
         """Continue from the run's last checkpoint, if it has one; returns whether it did."""
@@ -132,8 +151,12 @@ class Trainer:
             self.scheduler.step(epoch)
             self.model.train()
             for x, y in self.loader:
-                self.loss_sum += train_step(self.net, distributed.shard(x), distributed.shard(y), self.optimizer,
-                                            device, self.amp)
+                if self.static:
+                    write_subnet(self.model, sample_subnet(self.model, self.sampler))
+                x, y = distributed.shard(x), distributed.shard(y)
+                with self.compiler.tracking("train", x):
+                    loss = train_step(self.net, x, y, self.optimizer, device, self.amp)
+                self.loss_sum += loss
                 self.batches += 1
                 if self.stage.stop.requested():  # every rank asks after every batch: all stop after the same one
                     self.train_seconds += time.perf_counter() - start
@@ -163,6 +186,8 @@ class Trainer:
         if not metrics and self.validate is not None:  # resumed after the last epoch: report anyway
             metrics = self.validate()
         writer.flush()
+        if self.compiler.enabled:
+            log.info("%s", self.compiler.describe())
         return metrics
 
     def _checkpoint(self) -> None:

@@ -106,6 +106,7 @@ RULES: dict[str, Rule] = {
     "glora.space": optional(MAPPING),  # its choices are checked against the space (engine.method.check)
     **schedule("train"),
     "train.amp": FLAG,
+    "train.compile": (lambda v: v is True or v is False or v == "auto", "true, false or auto"),
     "train.eval_every": integer(0),
     "train.eval_subnets": integer(0),
     "search.generations": integer(1),

@@ -56,9 +56,10 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._lrs: list[Tensor] = []  # each group's lr as a tensor, refreshed when the float changes
         self._lr_floats: list[Optional[float]] = []
 
-    def _state(self, p: Tensor) -> dict:
+    def init_state(self, p: Tensor) -> dict:
+        """The state of `p`, created as torch's AdamW starts it (on p's device, the step count too)."""
         state = self.state[p]
-        if not state:  # as torch's AdamW starts a parameter, on its device (step included)
+        if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -84,7 +85,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         groups = []
         for i, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
-            states = [self._state(p) for p in params]
+            states = [self.init_state(p) for p in params]
             beta1, beta2 = group["betas"]
             groups.append((params, [p.grad for p in params], [s["exp_avg"] for s in states],
                            [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
