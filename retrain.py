@@ -72,7 +72,8 @@ def main(args):
     if test_acc_merged is not None:
         stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
 
-    timings = {"retrain_train_s": trainer.train_seconds, "test_eval_s": eval_seconds,
+    timings = {"retrain_train_s": trainer.train_seconds, "retrain_epoch_s": trainer.timings["epoch_seconds"],
+               "test_eval_s": eval_seconds,
                "test_eval_merged_s": merged_eval_seconds, **method.upstream_timings(cfg)}
     results = {
         "method": cfg["method"], "task": cfg["data"]["task"], "model": cfg["model"]["name"],

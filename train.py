@@ -51,6 +51,7 @@ def main(args):
         "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
         "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
         "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg), "compile": trainer.compiler.report(),
+        **trainer.timings,
     })
     log.info("supernet written to %s", path)
     stage.close()

@@ -79,8 +79,8 @@ class Compiler:
         return torch.compile(model, **self.options)
 
     def optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """A MaskedAdamW's update compiled, on CUDA (its state marked static for CUDA graphs, as torch's
-        own compiled optimizers mark theirs); other optimizers, and the CPU, step eagerly."""
+        """A MaskedAdamW's update compiled, on CUDA (see `prepare` for CUDA graphs); other optimizers,
+        and the CPU, where compiling hundreds of small updates costs more than it saves, step eagerly."""
         if self.enabled and isinstance(optimizer, MaskedAdamW) and self.device.type == "cuda":
             optimizer.update = torch.compile(optimizer.update, **self.options)
             self.parts.append("optimizer step (MaskedAdamW)")
@@ -132,9 +132,19 @@ class Compiler:
                 "compile_seconds": round(self.seconds, 2), "graphs": self.graphs,
                 "recompilations": self.recompilations, "graph_breaks": dynamo_counts()[1] - self._breaks}
 
-    def describe(self) -> str:
+    def plan(self) -> str:
+        """What the stage compiles, for the log as it begins."""
         if not self.enabled:
-            return f"train.compile={self.setting}: eager on {self.device.type}"
+            why = f" (auto compiles where it pays: {', '.join(d for d, y in PAYS.items() if y)})" \
+                if self.setting == "auto" else ""
+            return f"train.compile={self.setting}: eager on {self.device.type}{why}"
+        return (f"train.compile={self.setting}: compiling the {', '.join(self.parts)} on {self.device.type}"
+                f"{' with CUDA graphs' if self.report()['cuda_graphs'] else ''}")
+
+    def describe(self) -> str:
+        """What compiling cost, for the log as the stage ends."""
+        if not self.enabled:
+            return self.plan()
         r = self.report()
         return (f"train.compile={self.setting}: compiled {', '.join(r['parts'])} on {self.device.type}"
                 f"{' with CUDA graphs' if r['cuda_graphs'] else ''}: {r['compile_seconds']:.1f} s compiling, "

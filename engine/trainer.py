@@ -82,6 +82,8 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=stage.device)  # this epoch's so far, and its batches
         self.batches = 0
         self.train_seconds = 0.0
+        # This process's whole epochs and validations, in seconds (what a projection of a longer run reads).
+        self.timings: dict[str, list[float]] = {"epoch_seconds": [], "validation_seconds": []}
         self.ckpt_dir = stage.dir / "checkpoint"
 
     def state(self) -> dict:
@@ -108,9 +110,7 @@ class Trainer:
             self.restore()
         self.compiler.prepare(self.optimizer)
         self.stage.begin(self.epoch)
-        log.info("%s", self.compiler.describe() if not self.compiler.enabled else
-                 f"train.compile={self.compiler.setting}: compiling {', '.join(self.compiler.parts)} on "
-                 f"{self.stage.device.type}{' with CUDA graphs' if self.compiler.report()['cuda_graphs'] else ''}")
+        log.info("%s", self.compiler.plan())
 
     def restore(self) -> bool:
         """Continue from the run's last checkpoint, if it has one; returns whether it did."""
@@ -169,6 +169,7 @@ class Trainer:
             self.loss_sum.zero_()
             self.batches = 0
             self.train_seconds += time.perf_counter() - start
+            self.timings["epoch_seconds"].append(time.perf_counter() - start)
             self.epoch = epoch + 1
             lr = self.optimizer.param_groups[0]["lr"]
             writer.add_scalar("train/loss", loss, self.epoch)
@@ -176,7 +177,9 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             last = self.epoch == self.epochs
             if self.validate is not None and (last or (self.eval_every and self.epoch % self.eval_every == 0)):
+                start = time.perf_counter()
                 metrics = self.validate()
+                self.timings["validation_seconds"].append(time.perf_counter() - start)
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, self.epoch)
                 log.info("epoch %d: loss %.4f, %s", self.epoch, loss,

@@ -34,20 +34,24 @@ computes by structure: only A = lora_k builds the dense matrix; A vector/scalar 
 B = lora_k is the LoRA path (x Buᵀ) Bdᵀ, B vector/scalar adds sum(x) times it, and C, D, E fold into
 the bias.
 
-Static form (one graph for every subnet, for torch.compile and CUDA graphs). A supernet that carves
-changes its control flow with every sampled config; the static form writes the config into numbers
-instead, a row `switch` per layer (see `switch_row`): a rank mask m of R entries for each of A, B, C
-(lora_k: k ones, then zeros; any other choice: all zeros) and the selectors v, s of vector and
-scalar (1 for the chosen kind, else 0). The forward always computes
+Static form (one graph for every subnet, for torch.compile and CUDA graphs). Carving changes the
+control flow with every sampled config; the static form writes the config into numbers instead, a
+row `switch` per layer (`switch_row`): a rank mask m (R entries) for each of A, B, C and the
+selectors v, s of vector and scalar. Each choice, carved and in static form:
 
-    A = Ad diag(mA) Au + vA·Ad[:, :1] + sA·Ad[0, 0]       B likewise     C = Cd diag(mC) Cu + vC·Cd[:, :1]
-    D = vD·D + sD·D[0]                                    E likewise
+    choice    carving              static form (the same numbers; everything not chosen is 0)
+    lora_k    Xd[:, :k] @ Xu[:k]   Xd diag(m) Xu,  m = k ones, then zeros
+    vector    Xd[:, :1]            v·Xd[:, :1]     (D, E: v·X)
+    scalar    Xd[0, 0]             s·Xd[0, 0]      (D, E: s·X[0])
+    none      (nothing)            0
 
-and then y = x W'ᵀ + b' densely, which for every config equals carving: the masked columns and
-rows, and the kinds not selected, add exact zeros and receive exact zero gradients. What carving
-changes besides the values is which storage tensors take part in a step (`used_storage`: e.g. Au
-only under A = lora_k, no storage under none): an optimizer step must leave the others untouched,
-so the row ends with one flag per storage tensor (glora/optim.py reads them).
+The static forward always builds the sum of the three, A = Ad diag(mA) Au + vA·Ad[:, :1] + sA·Ad[0, 0]
+(B and C likewise, C without a scalar; D = vD·D + sD·D[0], E likewise), and computes y = x W'ᵀ + b'
+densely. For every config this equals carving: the masked columns and rows and the kinds not
+chosen add exact zeros and receive exact zero gradients. What carving changes besides the values
+is which storage tensors take part in a step (`used_storage`: Au only under A = lora_k, nothing
+under none): an optimizer step must leave the others untouched, so the row ends with a flag per
+storage tensor (MaskedAdamW, glora/optim.py, reads them).
 """
 from __future__ import annotations
 
