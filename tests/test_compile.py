@@ -16,7 +16,7 @@ from engine.compile import PAYS, Compiler, wanted
 from engine.loops import train_step
 from engine.trainer import adamw
 from glora import SearchSpace, inject_glora, mark_trainable, sample_subnet, set_subnet
-from glora.inject import make_static, used_flags, write_subnet
+from glora.inject import compact_subnet, make_static, used_flags, write_subnet
 from test_stages import Killed, cli, demo_root, kill_after_first_checkpoint, run, write_config  # noqa: F401
 
 CPU = torch.device("cpu")
@@ -94,7 +94,8 @@ def test_static_draws_the_subnets_eager_layers_draw():
 def test_compiled_equals_eager_with_inductor():
     """20 steps of float32 on the CPU, drop-path on: today's eager carving supernet (torch's AdamW,
     subnets drawn in the forward) and the compiled static one (inductor, MaskedAdamW) see the same
-    subnets, batches and drop-path masks, and agree in every loss and in the trained function."""
+    subnets, batches and drop-path masks, and agree in every loss and in the trained function; so do
+    the retrain's model (one compacted subnet, computed by structure) eager and compiled."""
     compiler = Compiler(True, CPU)
     eager, static = supernet(seed=11, drop_path_rate=0.1), supernet(seed=11, drop_path_rate=0.1)
     sampler = random.Random(11)  # the generator eager's layers draw from, as the trainer's
@@ -121,6 +122,24 @@ def test_compiled_equals_eager_with_inductor():
     with torch.no_grad():
         x = torch.randn(8, 3, 32, 32, generator=g)
         torch.testing.assert_close(static.eval()(x), eager.eval()(x), rtol=1e-3, atol=1e-4)
+
+    # The retrain's model: one fixed, compacted subnet, computed by structure (its fused autograd
+    # function traced into the graph), against the same model eager.
+    compiler = Compiler(True, CPU)
+    models = [supernet(seed=12, drop_path_rate=0.1) for _ in range(2)]
+    for model in models:
+        set_subnet(model, subnet)
+        compact_subnet(model)
+        mark_trainable(model)
+    opts = [adamw(model, 1e-3, 1e-4, CPU) for model in models]
+    nets = [models[0], compiler.module(models[1])]
+    for step in range(5):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 5, (8,), generator=g)
+        losses = []
+        for net, opt in zip(nets, opts):
+            torch.manual_seed(step)
+            losses.append(train_step(net, x, y, opt, CPU))
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
 
 
 def compiled_config(tmp_path, demo_root, **train):
