@@ -39,14 +39,17 @@ def main(stage):
         # two forms differently).
         start = time.perf_counter()
         test_acc = evaluate(model, test, device, amp=False)
-        timings = {"retrain_train_s": trainer.train_seconds, "test_eval_s": time.perf_counter() - start}
+        timings = {"retrain_train_s": trainer.train_seconds, "retrain_epoch_s": trainer.timings["epoch_seconds"],
+                   "test_eval_s": time.perf_counter() - start}
         if stage.main:
-            export(stage, built, trainer.epochs, test, len(test_split), test_sets, test_acc, timings)
+            export(stage, built, trainer.epochs, test, len(test_split), test_sets, test_acc, timings,
+                   trainer.compiler.report())
 
 
-def export(stage, built, epochs, test, test_images, test_sets, test_acc, timings):
+def export(stage, built, epochs, test, test_images, test_sets, test_acc, timings, compiled):
     """Merge into a plain timm model, test it (and on data.test_sets), and write the adapters, the
-    subnet, the merged file, results.json and the Hub folder."""
+    subnet, the merged file, results.json (with `compiled`: what ran under torch.compile) and the Hub
+    folder."""
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
     model, subnet = built.model, built.subnet
     merged = merge_glora(copy.deepcopy(model))  # refuses non-finite weights before anything is written
@@ -73,6 +76,7 @@ def export(stage, built, epochs, test, test_images, test_sets, test_acc, timings
         "subnet": r["subnet"], "backbone": r["backbone"], "val_acc1_search": built.source.get("val_acc1"),
         "init": r["init"], "epochs": epochs, "merged_checkpoint": str(path),
         "timings": {**timings, **method.upstream_timings(cfg)}, "peak_memory_mb": stage.peak_memory_mb(),
+        "compile": compiled,
         **protocol.describe(cfg), **benchmark_labels(cfg),
     }
     if "test_acc1" in built.source:  # release-2023: the search scored this subnet on test

@@ -30,7 +30,7 @@ def main(stage):
         accs = {}
         for i, subnet in enumerate(references):
             set_subnet(model, subnet)
-            accs[f"perf/val_acc1/subnet{i}"] = evaluate(model, val, device, cfg["train"]["amp"])
+            accs[f"perf/val_acc1/subnet{i}"] = evaluate(trainer.eval_model, val, device, cfg["train"]["amp"])
         set_subnet(model, None)
         if accs:
             accs["perf/val_acc1"] = sum(accs.values()) / len(accs)
@@ -50,6 +50,7 @@ def main(stage):
             "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,
             "val_acc1_reference_subnets": metrics, "supernet": str(path), "peak_memory_mb": stage.peak_memory_mb(),
             "trained_on": protocol.split(cfg, "supernet"), **protocol.describe(cfg),
+            "compile": trainer.compiler.report(), **trainer.timings,
         })
         log.info("supernet written to %s", path)
 

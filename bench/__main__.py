@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--json FILE]`: time this GLoRA implementation against baselines
 measured in the same run, print a table, and write the figures as JSON.
 
-Sections: steps (supernet, fixed-config and retrain training steps, peak memory), search
+Sections: steps (supernet, fixed-config and retrain training steps, peak memory), compiled (kernels
+per training step of every method, eager and compiled; on a GPU also their time), search
 (candidates scored per minute), pruning (the search with early stopping vs exhaustive scoring),
 inference (merged vs plain vs unmerged), data (decode-once cache vs PIL decoding, from
 bench/data.py), memory (peak memory of evaluation, a split vs one 10× larger), and an estimate of
@@ -20,13 +21,16 @@ import torch
 from .report import FASTER, environment, print_table, row, skipped, write_json
 from .settings import make_settings
 
-SECTIONS = ("steps", "search", "pruning", "inference", "data", "memory")
+SECTIONS = ("steps", "compiled", "search", "pruning", "inference", "data", "memory")
 
 
-def _section(name: str, quick: bool, settings) -> list[dict]:
+def _section(name: str, quick: bool, settings, deadline: float | None = None, methods=None) -> list[dict]:
     if name == "steps":
         from .steps import bench_steps
         return bench_steps(settings)
+    if name == "compiled":
+        from .compiled import METHODS, bench_compiled
+        return bench_compiled(settings, methods or METHODS, deadline=deadline)
     if name == "search":
         from .search import bench_search
         return bench_search(settings)
@@ -82,6 +86,12 @@ def main(argv=None) -> int:
                    help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the usable cores)")
     p.add_argument("--reps", type=int, help="timed repetitions per measurement (default by mode and device)")
+    p.add_argument("--seconds", type=float, help="after this many seconds, time no further compiled step "
+                   "(each compiles first; the GPU run-book's budget)")
+    p.add_argument("--methods", help="the compiled section's methods, comma-separated, of supernet,full,retrain,lora,bias "
+                   "(default: all)")
+    p.add_argument("--tiny", action="store_true", help="a tiny ViT at 32 px, batch 4: checks the bench itself, "
+                   "its figures mean nothing")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -91,14 +101,26 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device is available; use --device cpu (or auto)")
     start = time.perf_counter()
+    deadline = time.monotonic() + args.seconds if args.seconds else None
     settings = make_settings(args.device, args.quick, args.threads, args.reps)
+    if args.tiny:
+        settings.model, settings.img_size, settings.batch_size, settings.val_images = "vit_tiny_patch16_224", 32, 4, 8
+        settings.kwargs = dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=3)
+    methods = None
+    if args.methods:
+        from .compiled import SHORT
+
+        bad = sorted(set(args.methods.split(",")) - set(SHORT))
+        if bad:
+            p.error(f"--methods: unknown {bad}; choose from {','.join(SHORT)}")
+        methods = [SHORT[m] for m in args.methods.split(",")]
     print(f"bench: {settings.describe()}", flush=True)
     rows, failed = [], []
     for name in (s for s in SECTIONS if s in only):
         t0 = time.perf_counter()
         print(f"bench: {name} ...", flush=True)
         try:
-            rows += _section(name, args.quick, settings)
+            rows += _section(name, args.quick, settings, deadline, methods)
         except Exception as e:  # one broken section must not lose the others' figures
             traceback.print_exc()
             failed.append(name)

@@ -25,7 +25,8 @@ from .rules import FLAG, MAPPING, PATTERNS, TEXT, Rule, integer, matching, numbe
 
 STAGES = SUPERNET, SEARCH, RETRAIN = ("supernet", "search", "retrain")
 ALL = STAGES
-SUBNETS = ("searched", "uniform", "random")  # retrain.subnet, or the path of a subnet YAML
+SUBNETS = ("searched", "uniform", "random")
+COMPILE = Rule(lambda v: v is True or v is False or v == "auto", "true, false or auto")  # retrain.subnet, or the path of a subnet YAML
 _DEFAULT = object()  # `before`: the key's default
 
 
@@ -228,6 +229,10 @@ declare(
         "train", "stage 1: the supernet, on train800",
         *schedule("supernet training", 500),
         Key("amp", True, FLAG, "bf16 autocast on CUDA (ignored on the CPU), in every stage's forward", ALL),
+        Key("compile", "auto", COMPILE, "the training step of supernet and retrain, and the evaluation forward, "
+            "under torch.compile (CUDA graphs on one GPU): true, false, or auto (where the bench measured that it "
+            "pays: CUDA, not the CPU); --resume may change it: it changes no result beyond the order of float "
+            "operations", ALL, resume_free=True),
         Key("eval_every", 50, integer(0), "epochs between validations of the reference subnets; --resume may change "
             "it: logging only", resume_free=True),
         Key("eval_subnets", 3, integer(0), "fixed random subnets whose val200 accuracy is logged; --resume may "

@@ -15,21 +15,27 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from glora.errors import UserError
+from glora.inject import make_static, sample_subnet, used_flags, write_subnet
 from glora.io import tuples
 from glora.merge import adapter_state, first_nonfinite
+from glora.optim import MaskedAdamW
 
 from . import distributed
 from .checkpoint import latest_state, save_checkpoint
+from .compile import Compiler
 from .loops import train_step
 from .run import Stage, log, rng_state, seed_noise, set_rng_state
 from .stop import Stopped
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
+def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device,
+          flags: Optional[dict] = None) -> torch.optim.Optimizer:
     """timm's AdamW (no weight decay on biases and other 1-D parameters); on CUDA the fused
-    kernel, one launch a step where the default launches several per group of tensors."""
+    kernel, one launch a step where the default launches several per group of tensors. With
+    `flags` (a static supernet's, glora.inject.used_flags), MaskedAdamW over the same groups."""
     fused = {"fused": True} if device.type == "cuda" else {}
-    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, **fused)
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, **fused)
+    return optimizer if flags is None else MaskedAdamW([dict(g) for g in optimizer.param_groups], flags=flags)
 
 
 class Trainer:
@@ -39,6 +45,12 @@ class Trainer:
     ckpt_every; `validate()` returns scalars to log every `eval_every` epochs and at the end;
     `sampler` is the generator the supernet draws its subnets from (saved for exact resume).
     A stop signal ends the loop after the current batch, with a checkpoint (engine.stop).
+
+    train.compile (engine.compile) compiles the step where it pays; the supernet then takes its
+    static form: before each step the subnet is drawn (from `sampler`, layer by layer in module
+    order, as eager layers draw it in their forward) and written into its switch table, and
+    MaskedAdamW leaves the storage that subnet does not use untouched. `eval_model` is the
+    evaluation forward (compiled with the step, when `validate` is given).
     """
 
     def __init__(self, stage: Stage, model: nn.Module, loader, section: str,
@@ -48,12 +60,19 @@ class Trainer:
         self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
         c = stage.cfg[section]
         self.epochs, self.ckpt_every = int(c["epochs"]), int(c["ckpt_every"])
-        self.net = model  # what the loop calls: the model itself, or its DDP wrapper under torchrun
+        self.compiler = Compiler(stage.cfg["train"]["compile"], stage.device, distributed.world_size())
+        self.static = self.compiler.enabled and sampler is not None
+        if self.static:
+            make_static(model)
+        compiled = self.compiler.module(model)
+        self.net = compiled  # what the loop calls: the model (compiled), or its DDP wrapper under torchrun
         if distributed.world_size() > 1:
             # Layers whose config leaves some storage unused in a step leave DDP gradients to find.
             ids = [stage.device] if stage.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-        self.optimizer = adamw(model, c["lr"], c["weight_decay"], stage.device)
+            self.net = DistributedDataParallel(compiled, device_ids=ids, find_unused_parameters=True)
+        flags = used_flags(model) if self.static else None
+        self.optimizer = self.compiler.optimizer(adamw(model, c["lr"], c["weight_decay"], stage.device, flags))
+        self.eval_model = self.compiler.evaluation(compiled) if validate is not None else model
         # epochs: 0 (a retrain that only evaluates) runs no step; the schedule still needs a length.
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=max(self.epochs, 1), lr_min=c["min_lr"],
@@ -63,6 +82,8 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=stage.device)  # this epoch's so far, and its batches
         self.batches = 0
         self.train_seconds = 0.0
+        # This process's whole epochs and validations, in seconds (what a projection of a longer run reads).
+        self.timings: dict[str, list[float]] = {"epoch_seconds": [], "validation_seconds": []}
         self.ckpt_dir = stage.dir / "checkpoint"
 
     def state(self) -> dict:
@@ -88,6 +109,8 @@ class Trainer:
         seed_noise(int(self.stage.cfg["seed"]))
         if self.stage.resume:
             self.restore()
+        self.compiler.prepare(self.optimizer)
+        log.info("%s", self.compiler.plan())
         return self.epoch
 
     def restore(self) -> bool:
@@ -131,8 +154,12 @@ class Trainer:
             self.scheduler.step(epoch)
             self.model.train()
             for x, y in self.loader:
-                self.loss_sum += train_step(self.net, distributed.shard(x), distributed.shard(y), self.optimizer,
-                                            device, self.amp)
+                if self.static:
+                    write_subnet(self.model, sample_subnet(self.model, self.sampler))
+                x, y = distributed.shard(x), distributed.shard(y)
+                with self.compiler.tracking("train", x):
+                    loss = train_step(self.net, x, y, self.optimizer, device, self.amp)
+                self.loss_sum += loss
                 self.batches += 1
                 if self.stage.stop.requested():  # every rank asks after every batch: all stop after the same one
                     self.train_seconds += time.perf_counter() - start
@@ -145,6 +172,7 @@ class Trainer:
             self.loss_sum.zero_()
             self.batches = 0
             self.train_seconds += time.perf_counter() - start
+            self.timings["epoch_seconds"].append(time.perf_counter() - start)
             self.epoch = epoch + 1
             lr = self.optimizer.param_groups[0]["lr"]
             writer.add_scalar("train/loss", loss, self.epoch)
@@ -152,7 +180,9 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             last = self.epoch == self.epochs
             if self.validate is not None and (last or (self.eval_every and self.epoch % self.eval_every == 0)):
+                start = time.perf_counter()
                 metrics = self.validate()
+                self.timings["validation_seconds"].append(time.perf_counter() - start)
                 for k, v in metrics.items():
                     writer.add_scalar(k, v, self.epoch)
                 log.info("epoch %d: loss %.4f, %s", self.epoch, loss,
@@ -162,6 +192,8 @@ class Trainer:
         if not metrics and self.validate is not None:  # resumed after the last epoch: report anyway
             metrics = self.validate()
         writer.flush()
+        if self.compiler.enabled:
+            log.info("%s", self.compiler.describe())
         return metrics
 
     def _checkpoint(self) -> None:

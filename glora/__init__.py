@@ -1,7 +1,8 @@
 """GLoRA (Generalized LoRA) for timm models: the space, the layer, injection, merging and export.
 
-Names are imported on first use: the layer, injection, merging and adapters files need torch and
-safetensors only; `create_model` and `save_hub_folder` also timm, subnet files PyYAML.
+Names are imported on first use: the layer, injection, the static form's optimizer (MaskedAdamW),
+merging and adapters files need torch and safetensors only; `create_model` and `save_hub_folder`
+also timm, subnet files PyYAML.
 """
 import importlib
 
@@ -12,6 +13,7 @@ _EXPORTS = {
     "inject_glora": "inject", "set_subnet": "inject", "subnet_params": "inject", "compact_subnet": "inject",
     "current_subnet": "inject", "glora_layers": "inject", "head_params": "inject", "mark_trainable": "inject",
     "param_bounds": "inject", "sample_subnet": "inject", "set_sampler": "inject", "uniform_subnet": "inject",
+    "make_static": "inject", "write_subnet": "inject", "used_flags": "inject", "MaskedAdamW": "optim",
     "merge_glora": "merge", "export_merged": "merge", "load_adapters": "merge", "save_adapters": "merge",
     "save_hub_folder": "hub",
     "create_model": "model", "load_merged": "model",

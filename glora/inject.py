@@ -5,9 +5,10 @@ import fnmatch
 import random
 from typing import Iterable, Mapping, Optional
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from .layer import GLoRALinear
+from .layer import GLoRALinear, switch_width
 from .space import BIAS_TENSORS, TENSORS, LayerConfig, SearchSpace
 
 Subnet = dict  # {qualified layer name: layer config}
@@ -108,6 +109,42 @@ def set_subnet(model: nn.Module, subnet: Optional[Mapping[str, LayerConfig]]) ->
     check_names(layers, subnet)
     for name, layer in layers.items():
         layer.set_config(subnet[name], where=name)
+
+
+def make_static(model: nn.Module) -> Tensor:
+    """Give every adapted layer its static form (glora/layer.py): one (layers × switch width) table on
+    the model's device holds the subnet, each layer reading its row, so that writing a subnet
+    (write_subnet) is one copy and never changes the graph. Call it once the model is on its
+    device; returns the table."""
+    layers = list(glora_layers(model).values())
+    widths = {switch_width(layer.space.max_rank) for layer in layers}
+    if len(widths) != 1:
+        raise ValueError("make_static needs one search space (one largest rank) in every adapted layer")
+    like = layers[0].weight
+    table = torch.zeros(len(layers), widths.pop(), dtype=like.dtype, device=like.device)
+    for row, layer in zip(table, layers):
+        layer.make_static(row)
+    return table
+
+
+def write_subnet(model: nn.Module, subnet: Mapping[str, LayerConfig]) -> None:
+    """Write `subnet` (every layer named) into the static layers' table in one copy: the static form's
+    set_subnet, for a training step whose subnet changes and whose graph must not."""
+    layers = glora_layers(model)
+    check_names(layers, subnet)
+    first = next(iter(layers.values()))
+    table = first.switch._base if first.static else None
+    if table is None or any(not l.static or l.switch._base is not table for l in layers.values()):
+        raise RuntimeError("write_subnet needs every layer's static form in one table: call make_static(model) "
+                           "(again after moving the model to another device)")
+    rows = [l.switch_row(l.space.validate(subnet[n], l.has_bias, where=n)) for n, l in layers.items()]
+    table.copy_(torch.tensor(rows, dtype=table.dtype))
+
+
+def used_flags(model: nn.Module) -> dict[nn.Parameter, Tensor]:
+    """Every static layer's storage tensors with their flags in the table (1: the subnet written there
+    uses the tensor), for glora.optim.MaskedAdamW, which leaves the others untouched."""
+    return {getattr(l, name): flag for l in glora_layers(model).values() for name, flag in l.used_flags().items()}
 
 
 def sample_subnet(model: nn.Module, rng: random.Random) -> Subnet:

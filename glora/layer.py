@@ -33,6 +33,25 @@ every W on the right the frozen pretrained weight (the merge, glora/merge.py). T
 computes by structure: only A = lora_k builds the dense matrix; A vector/scalar scales x Wᵀ,
 B = lora_k is the LoRA path (x Buᵀ) Bdᵀ, B vector/scalar adds sum(x) times it, and C, D, E fold into
 the bias.
+
+Static form (one graph for every subnet, for torch.compile and CUDA graphs). Carving changes the
+control flow with every sampled config; the static form writes the config into numbers instead, a
+row `switch` per layer (`switch_row`): a rank mask m (R entries) for each of A, B, C and the
+selectors v, s of vector and scalar. Each choice, carved and in static form:
+
+    choice    carving              static form (the same numbers; everything not chosen is 0)
+    lora_k    Xd[:, :k] @ Xu[:k]   Xd diag(m) Xu,  m = k ones, then zeros
+    vector    Xd[:, :1]            v·Xd[:, :1]     (D, E: v·X)
+    scalar    Xd[0, 0]             s·Xd[0, 0]      (D, E: s·X[0])
+    none      (nothing)            0
+
+The static forward always builds the sum of the three, A = Ad diag(mA) Au + vA·Ad[:, :1] + sA·Ad[0, 0]
+(B and C likewise, C without a scalar; D = vD·D + sD·D[0], E likewise), and computes y = x W'ᵀ + b'
+densely. For every config this equals carving: the masked columns and rows and the kinds not
+chosen add exact zeros and receive exact zero gradients. What carving changes besides the values
+is which storage tensors take part in a step (`used_storage`: Au only under A = lora_k, nothing
+under none): an optimizer step must leave the others untouched, so the row ends with a flag per
+storage tensor (MaskedAdamW, glora/optim.py, reads them).
 """
 from __future__ import annotations
 
@@ -47,6 +66,24 @@ from .space import TENSORS, LayerConfig, SearchSpace, parse_choice
 
 # The shared storage of every adapted layer; also its names in checkpoints (see the module docstring).
 STORAGE = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
+# The vector (v) and scalar (s) selectors of the static form, in their order in a switch row.
+SELECTORS = ("vA", "sA", "vB", "sB", "vC", "vD", "sD", "vE", "sE")
+
+
+def switch_width(max_rank: int) -> int:
+    """Numbers in one layer's switch row: the rank masks of A, B, C, the selectors, a flag per storage tensor."""
+    return 3 * max_rank + len(SELECTORS) + len(STORAGE)
+
+
+def used_storage(cfg: LayerConfig) -> set[str]:
+    """The storage tensors that carving `cfg` reads, i.e. those an eager step gives a gradient:
+    lora_k reads Xd and Xu, vector and scalar Xd alone (D, E: the vector itself), none nothing."""
+    used = set()
+    for t in TENSORS:
+        kind, _ = parse_choice(cfg[t])
+        if kind != "none":
+            used |= {t} if t in ("D", "E") else {t + "d", t + "u"} if kind == "lora" else {t + "d"}
+    return used
 
 
 class GLoRALinear(nn.Module):
@@ -83,6 +120,7 @@ class GLoRALinear(nn.Module):
         self.config: Optional[LayerConfig] = None  # fixed config, or None to sample
         self.sampled: Optional[LayerConfig] = None  # config of the latest forward
         self.compacted = False
+        self.static = False  # computes the config written in `switch` (see make_static)
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         return {name: getattr(self, name) for name in STORAGE}
@@ -106,6 +144,8 @@ class GLoRALinear(nn.Module):
         if self.compacted and cfg != self.config:
             raise ValueError(f"{where}: a compacted layer only holds its config {self.config}")
         self.config = cfg
+        if self.static and cfg is not None:
+            self.switch.copy_(torch.tensor(self.switch_row(cfg)))
 
     def active_config(self) -> LayerConfig:
         if self.config is not None:
@@ -160,6 +200,8 @@ class GLoRALinear(nn.Module):
     # ----------------------------------------------------------------------------- forward
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.static:
+            return self.forward_static(x)
         cfg = self.active_config()
         self.sampled = cfg
         bias = self.merged_bias(cfg)
@@ -185,6 +227,52 @@ class GLoRALinear(nn.Module):
         self.sampled = cfg
         return F.linear(x, self.merged_weight(cfg), self.merged_bias(cfg))
 
+    # ----------------------------------------------------------------------------- static form
+
+    def make_static(self, switch: Tensor) -> None:
+        """From now on compute the config written in `switch` (a row of `switch_width` numbers on the
+        layer's device, written by `set_config` or glora.inject.write_subnet), whatever the mode."""
+        if self.compacted:
+            raise RuntimeError("a compacted layer has no static form: it holds one config's storage only")
+        self.register_buffer("switch", switch, persistent=False)
+        self.static = True
+        if self.config is not None:
+            self.set_config(self.config)
+
+    def switch_row(self, cfg: LayerConfig) -> list[float]:
+        """`cfg` as the numbers the static form reads: the rank masks of A, B, C, the selectors, and a
+        flag per storage tensor that carving reads (`used_storage`), in STORAGE order."""
+        masks, chosen = [], set()
+        for t in TENSORS:
+            kind, rank = parse_choice(cfg[t])
+            if t in ("A", "B", "C"):
+                masks += [float(kind == "lora" and i < rank) for i in range(self.space.max_rank)]
+            if kind in ("vector", "scalar"):
+                chosen.add(kind[0] + t)  # vA, sA, ...
+        used = used_storage(cfg)
+        return masks + [float(s in chosen) for s in SELECTORS] + [float(n in used) for n in STORAGE]
+
+    def used_flags(self) -> dict[str, Tensor]:
+        """Each storage tensor's flag in `switch` (1: the written config uses it), a 0-d view."""
+        start = 3 * self.space.max_rank + len(SELECTORS)
+        return {name: self.switch[start + i] for i, name in enumerate(STORAGE)}
+
+    def forward_static(self, x: Tensor) -> Tensor:
+        """y = x W'ᵀ + b' with A..E built from `switch` (the static form of the module docstring): the
+        same graph for every config, which equals carving the config that `switch` holds."""
+        r = self.Ad.shape[1]
+        m = self.switch[: 3 * r].view(3, r)
+        vA, sA, vB, sB, vC, vD, sD, vE, sE = self.switch[3 * r: 3 * r + len(SELECTORS)].unbind()
+        A = (self.Ad * m[0]) @ self.Au + vA * self.Ad[:, :1] + sA * self.Ad[0, 0]
+        B = (self.Bd * m[1]) @ self.Bu + vB * self.Bd[:, :1] + sB * self.Bd[0, 0]
+        weight = self.weight + self.weight * A + B
+        if self.bias is None:  # C, D and E are none on a layer without bias
+            return F.linear(x, weight)
+        C = (self.Cd * m[2]) @ self.Cu + vC * self.Cd[:, :1]
+        D = vD * self.D + sD * self.D[0]
+        E = vE * self.E + sE * self.E[0]
+        return F.linear(x, weight, self.bias + self.bias * D + E + (self.weight @ C).squeeze(1))
+
     # ----------------------------------------------------------------------------- subnet
 
     @torch.no_grad()
@@ -198,6 +286,8 @@ class GLoRALinear(nn.Module):
             raise RuntimeError("compact() needs a fixed config")
         if self.compacted:  # new Parameters would orphan an optimizer that holds the current ones
             return
+        if self.static:
+            raise RuntimeError("compact() of a static layer: its switch row addresses the full storage")
         for t in TENSORS:
             kind, rank = parse_choice(self.config[t])
             keep = {"lora": rank, "vector": 1, "scalar": 1, "none": 0}[kind]

@@ -139,3 +139,47 @@ def test_cli_writes_the_json_list(tiny, tmp_path, monkeypatch, capsys):
 def test_unknown_section_is_refused():
     with pytest.raises(SystemExit):
         cli.main(["--only", "steps,nope"])
+
+
+@pytest.mark.slow
+def test_compiled_section_counts_and_times_each_method_eager_and_compiled(tiny, monkeypatch):
+    """The section's every path on the CPU (kernel counts extrapolated in depth; eager and compiled
+    timed side by side; the ratios the compiled step is held to), traced with aot_eager to keep it
+    cheap (inductor's kernels then count 0: the figures check the plumbing, not the speed)."""
+    from bench.compiled import bench_compiled, kernel_count, build
+
+    monkeypatch.setenv("GLORA_COMPILE_BACKEND", "aot_eager")
+    methods = ("supernet", "full fine-tuning", "retrain")
+    rows = bench_compiled(tiny, methods, timed=methods)
+    check_rows(rows)
+    for figure in ("kernels", "launches"):
+        counts = {r["name"]: r for r in rows if r["section"] == f"{figure} per step"}
+        assert set(counts) == {f"{m} step, compiled" for m in methods}
+        for r in counts.values():
+            assert r["counts_eager"]["aten_ops"] > 0 and "extrapolated to 2 blocks" in r["note"]
+            assert r["counts_eager"]["launches"] == r["counts_eager"]["kernels"] == r["counts_eager"]["aten_ops"]
+            assert r["counts_compiled"]["launches"] < r["counts_eager"]["launches"]  # a graph call, not its operators
+    timed = {(r["name"], r["baseline"]) for r in rows if r["section"] == "compiled step"}
+    assert ("supernet step, compiled", "full fine-tuning step, compiled") in timed
+    assert ("supernet step, compiled", "supernet step, eager (today's)") in timed
+    assert ("retrain step, compiled", "full fine-tuning step, compiled") in timed
+    assert ("supernet peak memory, compiled", "supernet peak memory, eager") in timed
+    # the count's rules: an eager step's operators grow by the same number with every block
+    one, two, three = (kernel_count(build(dataclass_replace(tiny, d), "bias-only", False), tiny.device)["aten_ops"]
+                       for d in (1, 2, 3))
+    assert two - one == three - two > 0
+
+
+def dataclass_replace(s, depth):
+    import dataclasses
+    return dataclasses.replace(s, kwargs={**s.kwargs, "depth": depth})
+
+
+def test_kernel_count_leaves_out_views_and_allocations(tiny):
+    from bench.compiled import Step, kernel_count
+
+    x = torch.randn(4, 4)
+    counts = kernel_count(Step(lambda: (x.view(16).view(4, 4).t() @ x).relu_(), None, None), tiny.device)
+    assert counts["aten_ops"] == 2  # mm and relu_'s clamp_min_: no view, transpose or resolve_conj
+    counts = kernel_count(Step(lambda: x.t().reshape(16), None, None), tiny.device)
+    assert counts["aten_ops"] == 1  # the copy that reshaping a transposed tensor makes (not its allocation)

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 
-def gpu_check(*args):
-    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHON": sys.executable}
+def gpu_check(*args, **env):
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHON": sys.executable, **env}
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env)
 
 
@@ -50,13 +50,52 @@ def test_report_of_a_missing_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_the_stage_figures(tmp_path):
-    r = gpu_check("--smoke", "--tests", "none", "--skip", "bench", "--out", tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+def test_smoke_run_writes_every_figure_and_the_projection(tmp_path):
+    """Every Python part the run-book runs on a GPU, here on the CPU with a tiny ViT (the compiled
+    parts traced with aot_eager, to keep it cheap): the bench's compiled section, the eager and the
+    compiled three-stage runs, the projection of a whole task and the targets."""
+    r = gpu_check("--smoke", "--tests", "none", "--seconds", 1600, "--out", tmp_path, GLORA_COMPILE_BACKEND="aot_eager")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert [(p["part"], p["status"]) for p in report["parts"]] == [("stages", "ok")]
-    stages = report["stages"]
-    assert set(stages["wall_s"]) == {"train", "search", "retrain"}
-    assert stages["supernet"]["epochs"] == 1 and stages["search"]["candidates"] == 4
-    assert stages["retrain"]["test_acc"] == stages["retrain"]["test_acc_merged"]
+    assert [(p["part"], p["status"]) for p in report["parts"]] == [("bench", "ok"), ("stages", "ok")]
+    for run in ("eager", "compiled"):
+        stages = report["stages"][run]
+        assert set(stages["wall_s"]) == {"train", "search", "retrain"}
+        assert len(stages["supernet"]["epoch_s"]) == 2 and stages["search"]["candidates"] == 4
+        assert stages["retrain"]["test_acc"] == stages["retrain"]["test_acc_merged"]
+        assert stages["supernet"]["compile"]["compiled"] == (run == "compiled")
+        projection = report["projection"][run]
+        assert projection["total_s"] == pytest.approx(projection["supernet_s"] + projection["search_s"]
+                                                      + projection["retrain_s"])
+        assert projection["supernet_s"] > 100 * stages["supernet"]["s_per_epoch"]  # 500 epochs, not 2
+    compiled = report["stages"]["compiled"]["supernet"]["compile"]
+    assert (compiled["recompilations"], compiled["graph_breaks"]) == (0, 0)
+    names = {(r["name"], r["baseline"]) for r in report["bench"]}
+    assert ("supernet step, compiled", "supernet step, eager") in names
+    assert [t["met"] is not None for t in report["targets"]] == [False, True, False, True, True]
+    assert "one VTAB-1k task, compiled:" in r.stdout and "target one whole VTAB-1k task" in r.stdout
     assert report["machine"]["torch"] == torch.__version__
+
+
+def test_report_projects_the_release_schedule_from_measured_epochs(tmp_path):
+    """A whole task: each stage's wall time, plus the epochs, validations and candidates the release
+    runs beyond those measured, at their steady-state cost (the first epoch, which compiles, left out)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_report import project, targets
+
+    figures = {"wall_s": {"train": 30.0, "search": 5.0, "retrain": 20.0},
+               "supernet": {"epoch_s": [20.0, 1.0, 1.0], "validation_s": [5.0, 0.5, 0.5], "s_per_epoch": 1.0},
+               "search": {"candidates": 20, "s_per_candidate": 0.05},
+               "retrain": {"epoch_s": [15.0, 1.0, 1.0], "s_per_epoch": 1.0, "test_eval_s": 2.0, "test_eval_merged_s": 2.0}}
+    config = {"train": {"eval_subnets": 2}}
+    p = project(figures, config, test_images=5000)
+    # 500 epochs (497 more at 1 s), 10 validations of 3 subnets (30 - 6 subnet evaluations more at 0.25 s)
+    assert p["supernet_s"] == pytest.approx(30 + 497 + 24 * 0.25)
+    assert p["search_s"] == pytest.approx(5 + 980 * 0.05)
+    from data.registry import TASKS as VTAB_TASKS
+    import statistics
+    mean_test = statistics.mean(t.test_size for t in VTAB_TASKS.values() if t.test_size)
+    assert p["retrain_s"] == pytest.approx(20 + 97 + 4.0 * (mean_test / 5000 - 1))
+    met = targets([{"name": "supernet step, compiled", "baseline": "full fine-tuning step, compiled", "ratio": 0.9}],
+                  {"compiled": p})
+    assert [t["met"] for t in met] == [True, None, None, None, p["total_s"] <= 300]

@@ -185,8 +185,10 @@ def without_run_id(subnet_yaml):
     return content
 
 
-def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def cli(*args, cwd=ROOT, env=None):
+    """A script in a fresh process; `env`: variables to set on top of this process's."""
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_missing_inputs_fail_with_one_line_and_status_2(config, tmp_path):
