@@ -1,20 +1,23 @@
-"""Stage 3: retrain the chosen subnet on train800val200, test it, merge it into a plain timm ViT, export.
+"""Stage 3: retrain the chosen subnet (or a family's fixed adapters) on train800val200, test it, export it:
+merged into a plain timm ViT where the adapter family merges, else as its adapters with a model card
+that states their measured inference cost.
 
 `retrain.epochs: 0` trains nothing: the subnet is tested with the supernet's weights (protocol
-release-2023 reports it so). `data.test_sets` tests the merged model on further sets too (domain
+release-2023 reports it so). `data.test_sets` tests the final model on further sets too (domain
 generalization), each restricted to the classes it holds where the registry says so (ImageNet-A, -R)."""
 import copy
 import time
 
 from engine import method, protocol
 from engine.experiment import (benchmark_labels, build_model, check_test_sets, eval_loader, export_metadata,
-                               load_data, load_test_sets, save_hub, test_on_sets, train_loader)
+                               inference_cost, load_data, load_test_sets, save_card, save_hub, test_on_sets,
+                               train_loader)
 from engine.loops import evaluate
 from engine.run import Stage, cli, log
 from engine.trainer import Trainer
-from glora import compact_subnet, load_adapters, merge_glora, save_adapters, save_subnet, set_subnet, subnet_params
+from glora import save_subnet
 from glora.errors import UserError
-from glora.inject import head_params, mark_trainable
+from glora.inject import head_params
 from glora.io import save_json
 from glora.merge import export_merged
 from glora.model import count_params
@@ -23,6 +26,7 @@ from glora.model import count_params
 def main(args):
     stage = Stage("retrain", args)
     cfg, device, r = stage.cfg, stage.device, stage.cfg["retrain"]
+    family = method.family(cfg)
     method.check_upstream(stage)
     check_test_sets(cfg, stage.data["num_classes"])  # before any work
 
@@ -31,20 +35,16 @@ def main(args):
     test = eval_loader(cfg, test_split, device)  # streamed from its cache file if large
     test_sets = load_test_sets(cfg, train.num_classes)
     model = build_model(cfg, train.num_classes)
-    subnet, meta = method.retrain_subnet(cfg, model)
-    if r["init"] == "supernet":
-        load_adapters(model, method.supernet_file(cfg))
-    set_subnet(model, subnet)
-    compact_subnet(model)  # only the subnet's own parameters exist, and train
-    mark_trainable(model)
+    subnet, meta = method.prepare_retrain(cfg, family, model)
     backbone_params = method.train_backbone(model, r["backbone"])
     model.to(device)
-    adapter_params = subnet_params(model, subnet)
+    adapter_params = family.count(model)
     if "params" in meta and meta["params"] != adapter_params:
         raise UserError(f"retrain.subnet={r['subnet']}: the file says {meta['params']} parameters but they count "
-                        f"{adapter_params}; it was searched for another model or other glora settings")
-    log.info("%s: subnet %s with %d adapter parameters (+ backbone %d, head %d), init from %s", cfg["method"],
-             r["subnet"], adapter_params, backbone_params, head_params(model), r["init"])
+                        f"{adapter_params}; it was searched for another model or other {family.section} settings")
+    log.info("%s: %s with %d adapter parameters (+ backbone %d, head %d), init from %s", cfg["method"],
+             f"subnet {r['subnet']}" if subnet is not None else f"family {family.name}", adapter_params,
+             backbone_params, head_params(model), r["init"])
 
     trainer = Trainer(stage, model, train_loader(cfg, train, device), "retrain", amp=cfg["train"]["amp"])
     trainer.start()
@@ -57,17 +57,20 @@ def main(args):
     eval_seconds = time.perf_counter() - start
     if not stage.main:
         return stage.close()
-    merged = merge_glora(copy.deepcopy(model))  # refuses non-finite weights before anything is written
+    # merge refuses non-finite weights before anything is written
+    merged = family.merge(copy.deepcopy(model)) if family.mergeable else None
     start = time.perf_counter()
     # A subnet of none but `none` merges into the very same layers: no merge applies, nothing to test.
-    test_acc_merged = evaluate(merged, test, device, amp=False) if adapter_params else None
+    test_acc_merged = evaluate(merged, test, device, amp=False) if merged is not None and adapter_params else None
     merged_eval_seconds = time.perf_counter() - start
-    shifted = test_on_sets(cfg, merged, test_sets, device, test_acc if test_acc_merged is None else test_acc_merged,
+    final = model if merged is None else merged
+    shifted = test_on_sets(cfg, final, test_sets, device, test_acc if test_acc_merged is None else test_acc_merged,
                            len(test_split))
-    save_adapters(model, stage.dir / "adapters.safetensors", extra={"lineage": stage.lineage()})
-    save_subnet(stage.dir / "subnet.yaml", subnet, params=adapter_params, source=r["subnet"])
-    path = export_merged(merged, stage.dir / "merged.safetensors",
-                         {**export_metadata(cfg, train.num_classes), "lineage": stage.lineage()})
+    described = {**export_metadata(cfg, train.num_classes), "lineage": stage.lineage()}  # what the files say
+    adapters = family.save(model, stage.dir / "adapters.safetensors", extra=described)
+    if subnet is not None:
+        save_subnet(stage.dir / "subnet.yaml", subnet, params=adapter_params, source=r["subnet"])
+    path = None if merged is None else export_merged(merged, stage.dir / "merged.safetensors", described)
     stage.writer.add_scalar("perf/test_acc1", test_acc, trainer.epoch)
     if test_acc_merged is not None:
         stage.writer.add_scalar("perf/test_acc1_merged", test_acc_merged, trainer.epoch)
@@ -75,22 +78,27 @@ def main(args):
     timings = {"retrain_train_s": trainer.train_seconds, "test_eval_s": eval_seconds,
                "test_eval_merged_s": merged_eval_seconds, **method.upstream_timings(cfg)}
     results = {
-        "method": cfg["method"], "task": cfg["data"]["task"], "model": cfg["model"]["name"],
+        "method": cfg["method"], "family": family.name, "task": cfg["data"]["task"], "model": cfg["model"]["name"],
         "num_classes": train.num_classes, "test_acc": test_acc, "test_acc_merged": test_acc_merged,
-        "adapter_params": adapter_params, "backbone_params": backbone_params, "head_params": head_params(merged),
-        "trainable_params": count_params(model, trainable_only=True), "subnet": r["subnet"],
+        "adapter_params": adapter_params, "backbone_params": backbone_params, "head_params": head_params(final),
+        "trainable_params": count_params(model, trainable_only=True), "subnet": None if subnet is None else r["subnet"],
         "backbone": r["backbone"], "val_acc1_search": meta.get("val_acc1"), "init": r["init"], "epochs": trainer.epochs,
-        "merged_checkpoint": str(path), "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
+        "merged_checkpoint": None if path is None else str(path), "adapters_checkpoint": str(adapters),
+        "timings": timings, "peak_memory_mb": stage.peak_memory_mb(),
         **protocol.describe(cfg), **benchmark_labels(cfg),
     }
+    if test_acc_merged is None:
+        results["why_not_merged"] = method.why_not_merged(family, adapter_params)
+    if merged is None:  # what the adapters cost at inference, against the plain model, timed here
+        results["inference"] = inference_cost(cfg, model, test, device)
     if "test_acc1" in meta:  # release-2023: the search scored this subnet on test
         results["test_acc1_search"] = meta["test_acc1"]
     if shifted:
         results["test_sets"] = shifted
     save_json(stage.dir / "results.json", results)
-    save_hub(cfg, merged, results)
+    card = save_hub(cfg, merged, results) if merged is not None else save_card(cfg, family, results)
     log.info("test acc1 %.2f, merged %s, %d trainable params -> %s%s", test_acc,
-             "–" if test_acc_merged is None else f"{test_acc_merged:.2f}", results["trainable_params"], path,
+             "–" if test_acc_merged is None else f"{test_acc_merged:.2f}", results["trainable_params"], path or card,
              " (protocol release-2023: test-selected)" if results["test_selected"] else "")
     for name, row in shifted.items():
         log.info("test set %s: acc1 %.2f over %d images (%s)", name, row["test_acc"], row["images"], row["classes"])

@@ -14,15 +14,17 @@ from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
 from engine.run import Stage, cli, log
 from engine.stop import Stopped
-from glora import load_adapters, save_subnet
+from glora import save_subnet
 from glora.io import atomic_write, save_json
-from search.evolution import CandidateSpace, EvolutionSearch
-from search.score import MergedScorer
+from search.evolution import EvolutionSearch
+from search.score import SubnetScorer
 
 
 def main(args):
     stage = Stage("search", args)
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
+    method.check_has_supernet(cfg, "search.py")
+    family = method.family(cfg)
     supernet_file = stage.upstream(method.supernet_rel(cfg), "no trained supernet; run train.py with this config first")
     scored_on = protocol.split(cfg, "search")
     if scored_on == "test":
@@ -30,11 +32,11 @@ def main(args):
                     "is test-selected", cfg["protocol"])
     val = load_data(cfg, scored_on)
     model = build_model(cfg, val.num_classes).to(device)
-    load_adapters(model, supernet_file)
+    family.load(model, supernet_file)
     model.eval()
 
-    space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
-    scorer = MergedScorer(model, eval_loader(cfg, val, device), cfg["train"]["amp"])
+    space = method.candidates(cfg, family, model)
+    scorer = SubnetScorer(family.scoring_model(model), eval_loader(cfg, val, device), cfg["train"]["amp"])
     evo = EvolutionSearch(space, scorer, generations=s["generations"], population=s["population"],
                           parents=s["parents"], mutations=s["mutations"], mutation_prob=s["mutation_prob"],
                           crossovers=s["crossovers"], seed=cfg["seed"], early_stop=s["early_stop"],
@@ -78,7 +80,7 @@ def main(args):
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
                        **{acc_key: best.acc1}, scored_on=scored_on, protocol=cfg["protocol"],
                        generation=best.generation, budget=list(s["budget"]),
-                       ranks=list(cfg["glora"]["ranks"]), lineage=stage.lineage())
+                       **family.subnet_metadata(), lineage=stage.lineage())
     records = evo.records.values()
     # the figure plots accuracies: a candidate stopped early has only a bound
     draw_search(stage.dir, [vars(r) for r in records if not r.pruned], vars(best), s["budget"], space.subnet(best.key),

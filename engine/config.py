@@ -11,9 +11,10 @@ from glora.errors import UserError
 from glora.io import load_yaml, save_yaml
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "configs" / "defaults.yaml"
-# Mappings merged key by key (null empties them): timm's kwargs take any key; the space and the
-# uniform layer config are checked where they are used (glora.space names the valid choices).
-FREE_FORM = {"model.kwargs", "glora.space", "retrain.uniform"}
+# Mappings merged key by key (null empties them): timm's kwargs take any key; the space, the
+# uniform layer config and a family's settings are checked where they are used (glora.space names
+# the valid choices, each family its settings).
+FREE_FORM = {"model.kwargs", "glora.space", "retrain.uniform", "adapter"}
 ANY_TYPE = {"model.pretrained"}  # false, a hub tag or a path
 
 

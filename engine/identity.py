@@ -16,26 +16,27 @@ from typing import Iterable, Optional
 
 from glora.errors import UserError
 from glora.io import load_yaml
-from glora.merge import read_adapter_metadata
+from glora.family import read_metadata
 
 from .config import flatten
 
 RECORD = "run.yaml"
 # The config every stage's result depends on; each stage adds its own keys (USES).
-COMMON = ("seed", "device", "protocol", "model", "data", "glora")
+COMMON = ("seed", "device", "protocol", "model", "data", "family", "glora", "adapter")
 # What each stage's result depends on besides COMMON (the stage's own section, and what it reads).
 USES = {"supernet": ("train",), "search": ("search", "train.amp", "supernet"),
         "retrain": ("method", "retrain", "train.amp", "supernet")}
 # What --resume lets change: where the data and its cache live, how often the supernet is validated.
 RESUME_FREE = ("data.root", "data.cache", "data.cache_dir", "train.eval_every")
-# What an upstream file and the stage that reads it must share: the backbone (model.*), the space
-# (glora.*), the task and its preprocessing; with the data itself (class count, lists digest).
-# The protocol too: a release-2023 supernet has trained on val200, which an honest search scores on.
-EXPERIMENT = ("protocol", "model", "glora", "data.task", "data.benchmark", "data.shots", "data.img_size",
-              "data.interpolation", "data.mean", "data.std")
+# What an upstream file and the stage that reads it must share: the backbone (model.*), the adapter
+# family and its settings (family, glora.*, adapter.*), the task and its preprocessing; with the data
+# itself (class count, lists digest). The protocol too: a release-2023 supernet has trained on
+# val200, which an honest search scores on.
+EXPERIMENT = ("protocol", "model", "family", "glora", "adapter", "data.task", "data.benchmark", "data.shots",
+              "data.img_size", "data.interpolation", "data.mean", "data.std")
 # Keys that records and files written before they existed lack: read as their value then.
 _BEFORE = {"protocol": "honest", "data.benchmark": "vtab", "data.shots": None, "data.shot_seed": None,
-           "data.test_sets": []}
+           "data.test_sets": [], "family": "glora", "adapter": {}}
 _DATA = {"num_classes": "data: class count", "fingerprint": "data: the task's list files (digest)"}
 
 
@@ -81,7 +82,7 @@ def lineage(cfg: dict, data: dict, upstream: dict, run: str, stage: str) -> dict
 def read_lineage(path: Path) -> Optional[dict]:
     """The lineage an upstream file carries (adapters files in their metadata, YAML files as a key)."""
     if path.suffix == ".safetensors":
-        return read_adapter_metadata(path).get("lineage")
+        return read_metadata(path).get("lineage")
     content = load_yaml(path)
     return content.get("lineage") if isinstance(content, dict) else None
 

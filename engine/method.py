@@ -1,10 +1,13 @@
-"""What a method is made of: the stages it runs, the subnet its retrain trains, what else trains.
+"""What a method is made of: its adapter family, the stages it runs, the subnet its retrain trains,
+what else trains.
 
-Baselines are configs here, not pipelines: LoRA or scale-and-shift restrict `glora.space`;
-`retrain.subnet` says where the retrained subnet comes from (the search, one layer config for
-every layer, a seeded random draw within the budget, or a subnet file); `retrain.backbone` adds
-the backbone's biases (BitFit) or all of it (full fine-tuning) to the adapters and head.
-configs/methods/ holds one preset per method.
+`family` names the adapter family (glora.family: GLoRA, or another registered one) and the
+family's config section holds its settings. Baselines are configs here, not pipelines: LoRA or
+scale-and-shift restrict `glora.space`; `retrain.subnet` says where the retrained subnet of a
+family with a supernet comes from (the search, one config for every layer, a seeded random draw
+within the budget, or a subnet file); a family without one trains its settings' adapters, from
+scratch; `retrain.backbone` adds the backbone's biases (BitFit) or all of it (full fine-tuning)
+to the adapters and head. configs/methods/ holds one preset per method.
 """
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ from pathlib import Path
 from torch import nn
 
 from glora.errors import UserError
+from glora.family import Family, get_family
 from glora.io import load_yaml
-from glora.inject import Subnet, head_names, uniform_subnet
-from glora.space import TENSORS, SearchSpace
+from glora.inject import Subnet, head_names
 from glora.subnet import load_subnet
-from search.evolution import CandidateSpace
+from search.evolution import CandidateSpace, LayerSlot
 
 from . import protocol
 
@@ -27,6 +30,26 @@ SUBNETS = ("searched", "uniform", "random")  # or the path of a subnet YAML
 BACKBONES = ("frozen", "bias", "all")
 INITS = ("supernet", "scratch")
 STAGE_SCRIPTS = {"supernet": "train.py", "search": "search.py", "retrain": "retrain.py"}
+
+
+def family(cfg: dict) -> Family:
+    """The experiment's adapter family (`family`) with its settings (its config section)."""
+    try:
+        cls = get_family(cfg["family"])
+    except ValueError as e:
+        raise UserError(f"family={cfg['family']!r}: {e}; fix it in the config or with --set family=NAME") from None
+    if cls.section != "adapter" and cfg["adapter"]:
+        raise UserError(f"adapter={cfg['adapter']} is set but family {cls.name} takes its settings from "
+                        f"{cls.section}.*: move them there, or set family to the family they are for")
+    try:
+        return cls(**(cfg[cls.section] or {}))
+    except ValueError as e:
+        raise UserError(f"{where(cls)}: {e}") from None
+
+
+def where(cls) -> str:
+    """Where a family's settings are, for messages: `glora config`, `adapter config of family noah`."""
+    return f"{cls.section} config" + ("" if cls.section == cls.name else f" of family {cls.name}")
 
 
 def check(cfg: dict) -> None:
@@ -39,29 +62,35 @@ def check(cfg: dict) -> None:
     if not isinstance(subnet, str) or (subnet not in SUBNETS and Path(subnet).suffix not in (".yaml", ".yml")):
         raise UserError(f"retrain.subnet={subnet!r}: use {', '.join(SUBNETS)}, or the path of a subnet YAML "
                         "(e.g. another run's search/best_subnet.yaml)")
-    try:
-        SearchSpace(cfg["glora"]["ranks"], cfg["glora"]["space"])
-    except ValueError as e:
-        raise UserError(f"glora config: {e}") from None
-    if subnet == "uniform":
-        uniform_config(cfg)
+    fam = family(cfg)
+    if not fam.supernet and (subnet != "uniform" or r["uniform"] is not None or r["init"] != "scratch"):
+        raise UserError(f"family {fam.name} has no supernet: it trains the adapters its settings ({fam.section}.*) "
+                        "give every block, from scratch; set retrain.subnet=uniform, retrain.uniform=null and "
+                        "retrain.init=scratch (as its preset in configs/methods/ does)")
+    if subnet == "uniform" and fam.supernet:
+        try:
+            fam.uniform_config(r["uniform"])
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if subnet != "uniform" and r["uniform"] is not None:
         raise UserError(f"retrain.uniform is set but retrain.subnet={subnet!r} does not use it: "
                         "set retrain.subnet=uniform, or retrain.uniform=null")
     protocol.check(cfg)
 
 
-def uniform_config(cfg: dict) -> dict:
-    """retrain.uniform, or the one layer config of a `glora.space` with one choice per tensor."""
-    layer, space = cfg["retrain"]["uniform"], cfg["glora"]["space"] or {}
-    if layer is not None:
-        return layer
-    choices = {t: [c] if isinstance(c, str) else c for t, c in space.items()}
-    if set(choices) != set(TENSORS) or any(not isinstance(c, list) or len(c) != 1 for c in choices.values()):
-        raise UserError("retrain.subnet=uniform needs retrain.uniform, the layer config of every layer, e.g. "
-                        "{A: vector, B: lora_4, D: vector} (tensors left out are none; {} trains the head alone), "
-                        "or a glora.space with one choice for each of A..E")
-    return {t: c[0] for t, c in choices.items()}
+def check_has_supernet(cfg: dict, script: str) -> None:
+    """train.py and search.py work on a supernet: refuse a family without one."""
+    fam = family(cfg)
+    if not fam.supernet:
+        raise UserError(f"family {fam.name} has no supernet, so {script} has nothing to do: its method runs "
+                        "retrain.py alone (python -m engine.method CONFIG... lists the stages a config needs)")
+
+
+def candidates(cfg: dict, fam: Family, model: nn.Module) -> CandidateSpace:
+    """The subnets of the model within search.budget, as the search draws and breeds them."""
+    s = cfg["search"]
+    slots = {n: LayerSlot(costs) for n, costs in fam.slots(model).items()}
+    return CandidateSpace(slots, (round(s["budget"][0] * 1e6), round(s["budget"][1] * 1e6)), s["max_tries"])
 
 
 def supernet_file(cfg: dict) -> Path:
@@ -70,7 +99,9 @@ def supernet_file(cfg: dict) -> Path:
 
 
 def check_trains_supernet(cfg: dict) -> None:
-    """train.py trains `<output>/supernet/`: refuse a config whose other stages read another supernet."""
+    """train.py trains `<output>/supernet/`: refuse a family without a supernet, and a config whose
+    other stages read another supernet."""
+    check_has_supernet(cfg, "train.py")
     own = Path(cfg["output"]) / "supernet" / "supernet.safetensors"
     if supernet_file(cfg).resolve() != own.resolve():
         raise UserError(f"supernet={cfg['supernet']}: this experiment reads a supernet trained elsewhere, so train.py "
@@ -128,21 +159,47 @@ def check_upstream(stage) -> None:
         stage.upstream(supernet_rel(cfg), "no trained supernet to start from; run train.py or set retrain.init=scratch")
 
 
-def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:
-    """The subnet the retrain trains, with what its source records of it (params, val_acc1, ...)."""
+def retrain_subnet(cfg: dict, fam: Family, model: nn.Module) -> tuple[Subnet | None, dict]:
+    """The subnet the retrain trains (None for a family without a supernet), with what its source
+    records of it (params, val_acc1, ...)."""
     source = cfg["retrain"]["subnet"]
-    if source == "searched":
-        return load_subnet(Path(cfg["output"]) / "search" / "best_subnet.yaml", model)
+    if not fam.supernet:
+        return None, {}
     if source == "uniform":
         try:
-            return uniform_subnet(model, uniform_config(cfg)), {}
+            return fam.uniform_subnet(model, cfg["retrain"]["uniform"]), {}
         except ValueError as e:
             raise UserError(f"retrain.uniform: {e}") from None
     if source == "random":  # the draw that starts the search, without the search
-        s = cfg["search"]
-        space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
-        return space.subnet(space.sample(random.Random(cfg["seed"]))), {"budget": list(s["budget"])}
-    return load_subnet(source, model)
+        space = candidates(cfg, fam, model)
+        return space.subnet(space.sample(random.Random(cfg["seed"]))), {"budget": list(cfg["search"]["budget"])}
+    path = Path(cfg["output"]) / "search" / "best_subnet.yaml" if source == "searched" else Path(source)
+    subnet, meta = load_subnet(path)
+    try:
+        return fam.check_subnet(model, subnet), meta
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; it was searched for another model or other {fam.section} settings") from None
+
+
+def prepare_retrain(cfg: dict, fam: Family, model: nn.Module) -> tuple[Subnet | None, dict]:
+    """The retrain model: its subnet fixed (from the supernet's weights with retrain.init: supernet)
+    and compacted, so that only what trains exists; the adapters and head train. Returns the
+    subnet and what its source records of it."""
+    subnet, meta = retrain_subnet(cfg, fam, model)
+    if cfg["retrain"]["init"] == "supernet":
+        fam.load(model, supernet_file(cfg))
+    if subnet is not None:
+        fam.set_subnet(model, subnet)
+        fam.compact(model)  # only the subnet's own parameters exist, and train
+    fam.mark_trainable(model)
+    return subnet, meta
+
+
+def why_not_merged(fam: Family, adapter_params: int) -> str:
+    """Why results.json has no merged accuracy: the family does not merge, or nothing was adapted."""
+    if not fam.mergeable:
+        return f"family {fam.name} does not merge: {fam.why_not_merged}"
+    return "the subnet holds no adapter parameters: the merged model is the plain model, with nothing to test twice"
 
 
 def train_backbone(model: nn.Module, backbone: str) -> int:

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from glora.errors import UserError
 from glora.io import tuples
-from glora.merge import adapter_state, first_nonfinite
+from glora.merge import first_nonfinite
 
-from . import distributed
+from . import distributed, method
 from .checkpoint import latest_state, save_checkpoint
 from .loops import train_step
 from .run import Stage, log, rng_state, seed_noise, set_rng_state
@@ -45,6 +45,7 @@ class Trainer:
                  validate: Optional[Callable[[], dict]] = None, eval_every: int = 0,
                  sampler: Optional[random.Random] = None, amp: bool = True):
         self.stage, self.model, self.loader, self.section = stage, model, loader, section
+        self.family = method.family(stage.cfg)  # what saves and loads the model's adapters
         self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
         c = stage.cfg[section]
         self.epochs, self.ckpt_every = int(c["epochs"]), int(c["ckpt_every"])
@@ -91,7 +92,7 @@ class Trainer:
 
     def restore(self) -> bool:
         """Continue from the run's last checkpoint, if it has one; returns whether it did."""
-        state = latest_state(self.ckpt_dir, self.stage.run, self.model)
+        state = latest_state(self.ckpt_dir, self.stage.run, self.model, self.family)
         if state is None:
             log.info("no checkpoint of this run in %s yet: it starts from epoch 0", self.ckpt_dir)
             return False
@@ -163,11 +164,11 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write the run's checkpoint (rank 0), refusing non-finite parameters (every rank: they are equal)."""
-        bad = first_nonfinite(adapter_state(self.model))
+        bad = first_nonfinite(self.family.adapter_state(self.model))
         if bad is not None:
             raise UserError(f"training diverged: {bad} holds non-finite values after epoch {self.epoch} (the last "
                             f"good checkpoint is kept): lower {self.section}.lr")
         state = self.state()
         if self.stage.main:
-            save_checkpoint(self.ckpt_dir, self.stage.run, state, self.model)
+            save_checkpoint(self.ckpt_dir, self.stage.run, state, self.model, self.family)
         distributed.barrier()

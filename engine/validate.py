@@ -75,6 +75,8 @@ def schedule(section: str, min_epochs: int = 1) -> dict[str, Rule]:
 RULES: dict[str, Rule] = {
     "data.task": TASK,  # first: with no task there is no experiment (and output has no default)
     "method": TEXT,
+    "family": TEXT,  # a registered adapter family (engine.method.family)
+    "adapter": optional(MAPPING),  # the family's own settings, checked by the family (engine.method.family)
     "protocol": one_of(*PROTOCOLS),
     "supernet": optional(TEXT),
     "seed": integer(0, 2**63 - 1),

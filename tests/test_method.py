@@ -11,7 +11,7 @@ from conftest import TINY, tiny_vit
 from engine import method
 from engine.config import load_config
 from engine.experiment import build_model
-from glora import SearchSpace, UserError, compact_subnet, inject_glora, mark_trainable, save_adapters, set_subnet
+from glora import SearchSpace, UserError, inject_glora, save_adapters
 from glora.inject import head_names, uniform_subnet
 from glora.merge import load_adapters
 from glora.model import count_params
@@ -39,17 +39,16 @@ def linears(model):
 def retrain_model(cfg, num_classes=5):
     """The model as retrain.py builds it: the method's subnet, compacted, with its trainable selection."""
     model = build_model(cfg, num_classes)
-    subnet, _ = method.retrain_subnet(cfg, model)
-    set_subnet(model, subnet)
-    compact_subnet(model)
-    mark_trainable(model)
+    subnet, _ = method.prepare_retrain(cfg, method.family(cfg), model)
     added = method.train_backbone(model, cfg["retrain"]["backbone"])
     return model, subnet, added
 
 
 def test_every_method_has_a_preset_and_runs_only_the_stages_it_needs():
-    assert PRESETS == ["bitfit", "full", "glora", "glora-random", "glora-uniform", "linear", "lora", "ssf-like"]
-    expected = {"glora": ["supernet", "search", "retrain"], "glora-random": ["supernet", "retrain"]}
+    assert PRESETS == ["adaptformer", "bitfit", "full", "glora", "glora-random", "glora-uniform", "linear", "lora",
+                       "noah", "repadapter", "ssf-like", "vpt-deep"]
+    expected = {"glora": ["supernet", "search", "retrain"], "glora-random": ["supernet", "retrain"],
+                "noah": ["supernet", "search", "retrain"]}
     for name in PRESETS:
         cfg = preset(name)
         assert cfg["method"] == name
@@ -131,11 +130,11 @@ def test_uniform_subnet_leaves_c_d_e_out_of_layers_without_bias():
 def test_random_subnet_is_the_searchs_first_draw_within_the_budget():
     cfg = preset("glora-random", "glora.ranks=[2,4]", "search.budget=[0.002,0.004]", "seed=3")
     model = build_model(cfg, 5)
-    subnet, meta = method.retrain_subnet(cfg, model)
+    subnet, meta = method.retrain_subnet(cfg, method.family(cfg), model)
     space = CandidateSpace.from_model(model, (0.002, 0.004))
     assert subnet == space.subnet(space.sample(random.Random(3))) and meta == {"budget": [0.002, 0.004]}
     assert space.fits(space.key(subnet))
-    assert method.retrain_subnet({**cfg, "seed": 4}, model)[0] != subnet
+    assert method.retrain_subnet({**cfg, "seed": 4}, method.family(cfg), model)[0] != subnet
 
 
 def test_the_search_stays_inside_a_restricted_space():
