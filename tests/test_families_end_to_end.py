@@ -5,6 +5,7 @@ in plain timm and predicts as the unmerged model; NOAH's best subnet lies within
 adapters file of a family that does not merge loads back onto the plain backbone; kill -9 and
 --resume end where the uninterrupted run ended, for a NOAH supernet and a VPT-deep retrain."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -176,11 +177,12 @@ def test_kill_9_and_resume_end_where_the_uninterrupted_run_ended(grid, tmp_path,
     if script == "retrain.py":
         assert json.loads((grid.runs[config] / "retrain" / "results.json").read_text())["init"] == "scratch"
     args = [*files, *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the grid's jobs ran (--cpus-per-job 1): the same arithmetic
     killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_after_checkpoint.py"), str(ROOT / script),
-                             *args], capture_output=True, text=True, cwd=grid.root)
+                             *args], capture_output=True, text=True, cwd=grid.root, env=env)
     assert killed.returncode == 9 and not (tmp_path / "cut" / output).exists(), killed.stderr[-2000:]
     resumed = subprocess.run([sys.executable, str(ROOT / script), *args, "--resume"], capture_output=True, text=True,
-                             cwd=grid.root)
+                             cwd=grid.root, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from the checkpoint" in (tmp_path / "cut" / output.split("/")[0] / "log.txt").read_text()
     full, cut = load_file(grid.runs[config] / output), load_file(tmp_path / "cut" / output)
