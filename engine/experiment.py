@@ -128,17 +128,18 @@ def save_hub(cfg: dict, merged: nn.Module, results: dict) -> Path:
             "Head parameters": results["head_params"]})
 
 
-def inference_cost(cfg: dict, model: nn.Module, batches, device: torch.device, repeats: int = 10) -> dict:
+def inference_cost(cfg: dict, model: nn.Module, batches, device: torch.device, images: int = 64,
+                   repeats: int = 10) -> dict:
     """What an unmerged model's adapters cost at inference: their parameters beyond the plain
-    backbone, and the forward time of one test batch against the plain model's (the same backbone
-    and head without the adapters), the two timed in turns, median of `repeats`."""
+    backbone, and the forward time of (up to) `images` test images against the plain model's (the
+    same backbone and head without the adapters), the two timed in turns, median of `repeats`."""
     m = cfg["model"]
     plain = create_model(m["name"], model.num_classes, False, **(m["kwargs"] or {}))
     state = model.state_dict()
     plain.load_state_dict({k: state[k] for k in plain.state_dict()})  # every plain key is the model's own
     plain.to(device).eval()
     model.eval()
-    x = next(iter(batches))[0].to(device)
+    x = next(iter(batches))[0][:images].to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {"plain": [], "adapted": []}
     with torch.inference_mode(), autocast(device, cfg["train"]["amp"]):

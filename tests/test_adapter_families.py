@@ -82,6 +82,14 @@ def test_a_bad_family_config_is_one_error_line_and_exit_2(sets, line, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [line]
 
 
+def test_another_family_starts_from_its_own_settings():
+    noah = ROOT / "configs" / "methods" / "noah.yaml"
+    cfg = load_config([str(noah), str(ROOT / "configs" / "methods" / "vpt-deep.yaml")], ["adapter.prompts=4"])
+    assert cfg["family"] == "vpt-deep" and cfg["adapter"] == {"prompts": 4, "dropout": 0.1}  # none of NOAH's left
+    assert load_config([str(noah)], ["family=glora"])["adapter"] == {}
+    assert load_config([str(noah)], ["adapter.dropout=0.2"])["adapter"]["prompt"] == [0, 5, 10, 50, 100]
+
+
 def test_presets_name_their_family_and_run_the_stages_it_needs():
     for name, stages in (("vpt-deep", ["retrain"]), ("adaptformer", ["retrain"]), ("repadapter", ["retrain"]),
                          ("noah", ["supernet", "search", "retrain"])):
