@@ -22,7 +22,7 @@ from glora.family import Family, get_family
 from glora.io import load_yaml
 from glora.inject import Subnet, head_names
 from glora.subnet import load_subnet
-from search.evolution import CandidateSpace, LayerSlot
+from search.evolution import CandidateSpace
 
 from . import protocol
 
@@ -88,9 +88,7 @@ def check_has_supernet(cfg: dict, script: str) -> None:
 
 def candidates(cfg: dict, fam: Family, model: nn.Module) -> CandidateSpace:
     """The subnets of the model within search.budget, as the search draws and breeds them."""
-    s = cfg["search"]
-    slots = {n: LayerSlot(costs) for n, costs in fam.slots(model).items()}
-    return CandidateSpace(slots, (round(s["budget"][0] * 1e6), round(s["budget"][1] * 1e6)), s["max_tries"])
+    return CandidateSpace.from_model(model, cfg["search"]["budget"], cfg["search"]["max_tries"], fam)
 
 
 def supernet_file(cfg: dict) -> Path:
