@@ -7,25 +7,27 @@ from engine.experiment import build_model, eval_loader, load_data
 from engine.figures import draw_search
 from engine.run import cli, log
 from engine.searcher import Searcher
-from glora import load_adapters, save_subnet
+from glora import save_subnet
 from glora.io import save_json
-from search.evolution import CandidateSpace, EvolutionSearch
-from search.score import MergedScorer
+from search.evolution import EvolutionSearch
+from search.score import SubnetScorer
 
 
 def main(stage):
     cfg, device, s = stage.cfg, stage.device, stage.cfg["search"]
+    method.check_has_supernet(cfg, "search.py")
+    family = method.family(cfg)
     scored_on = protocol.split(cfg, "search")
     if scored_on == "test":
         log.warning("protocol %s: every candidate is scored on the test split; the accuracy this search selects "
                     "is test-selected", cfg["protocol"])
     val = load_data(cfg, scored_on)
     model = build_model(cfg, val.num_classes).to(device)
-    load_adapters(model, method.supernet_file(cfg))
+    family.load(model, method.supernet_file(cfg))
     model.eval()
 
-    space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
-    scorer = MergedScorer(model, eval_loader(cfg, val, device), cfg["train"]["amp"])
+    space = method.candidates(cfg, family, model)
+    scorer = SubnetScorer(family.scoring_model(model), eval_loader(cfg, val, device), cfg["train"]["amp"])
     evo = EvolutionSearch(space, scorer, generations=s["generations"], population=s["population"],
                           parents=s["parents"], mutations=s["mutations"], mutation_prob=s["mutation_prob"],
                           crossovers=s["crossovers"], seed=cfg["seed"], early_stop=s["early_stop"],
@@ -35,10 +37,10 @@ def main(stage):
     with stage.begin(searcher.start()):
         searcher.fit()
         if stage.main:
-            write_results(stage, evo, space, scored_on, searcher.seconds)
+            write_results(stage, family, evo, space, scored_on, searcher.seconds)
 
 
-def write_results(stage, evo, space, scored_on, seconds):
+def write_results(stage, family, evo, space, scored_on, seconds):
     """best_subnet.yaml (what the retrain reads), the figures and summary.json."""
     cfg, s = stage.cfg, stage.cfg["search"]
     best = evo.best()
@@ -46,7 +48,7 @@ def write_results(stage, evo, space, scored_on, seconds):
     path = save_subnet(stage.dir / "best_subnet.yaml", space.subnet(best.key), params=best.params,
                        **{acc_key: best.acc1}, scored_on=scored_on, protocol=cfg["protocol"],
                        generation=best.generation, budget=list(s["budget"]),
-                       ranks=list(cfg["glora"]["ranks"]), lineage=stage.lineage())
+                       **family.subnet_metadata(), lineage=stage.lineage())
     records = evo.records.values()
     # the figure plots accuracies: a candidate stopped early has only a bound
     draw_search(stage.dir, [vars(r) for r in records if not r.pruned], vars(best), s["budget"], space.subnet(best.key),

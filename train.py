@@ -1,5 +1,5 @@
-"""Stage 1: train the GLoRA supernet on train800 (train800val200 under protocol release-2023), one
-random subnet per forward pass."""
+"""Stage 1: train the supernet (GLoRA's, or another adapter family's) on train800 (train800val200
+under protocol release-2023), one random subnet per forward pass."""
 import random
 import time
 
@@ -8,15 +8,14 @@ from engine.experiment import build_model, eval_loader, load_data, train_loader
 from engine.loops import evaluate
 from engine.run import cli, log
 from engine.trainer import Trainer
-from glora import sample_subnet, save_adapters, set_subnet
 from glora.inject import head_params
 from glora.io import save_json
 from glora.model import count_params
 
 
 def main(stage):
-    cfg, device = stage.cfg, stage.device
-    method.check_trains_supernet(cfg)
+    method.check_trains_supernet(stage.cfg)
+    cfg, device, family = stage.cfg, stage.device, method.family(stage.cfg)
     train = load_data(cfg, protocol.split(cfg, "supernet"))
     val = eval_loader(cfg, load_data(cfg, protocol.split(cfg, "supernet_val")), device)
     sampler = random.Random(cfg["seed"])  # every sampled subnet comes from here
@@ -24,14 +23,15 @@ def main(stage):
     log.info("trainable parameters: %d (head %d)", count_params(model, trainable_only=True), head_params(model))
 
     # A few fixed subnets whose validation accuracy tracks how the supernet as a whole learns.
-    references = [sample_subnet(model, random.Random(cfg["seed"] + 1 + i)) for i in range(cfg["train"]["eval_subnets"])]
+    references = [family.sample_subnet(model, random.Random(cfg["seed"] + 1 + i))
+                  for i in range(cfg["train"]["eval_subnets"])]
 
     def validate():
         accs = {}
         for i, subnet in enumerate(references):
-            set_subnet(model, subnet)
+            family.set_subnet(model, subnet)
             accs[f"perf/val_acc1/subnet{i}"] = evaluate(trainer.eval_model, val, device, cfg["train"]["amp"])
-        set_subnet(model, None)
+        family.set_subnet(model, None)
         if accs:
             accs["perf/val_acc1"] = sum(accs.values()) / len(accs)
         return accs
@@ -43,8 +43,8 @@ def main(stage):
         metrics = trainer.fit()
         if not stage.main:
             return
-        path = save_adapters(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs,
-                                                                              "lineage": stage.lineage()})
+        path = family.save(model, stage.dir / "supernet.safetensors", extra={"epochs": trainer.epochs,
+                                                                           "lineage": stage.lineage()})
         save_json(stage.dir / "summary.json", {
             "epochs": trainer.epochs, "train_seconds": trainer.train_seconds,
             "wall_seconds_this_run": time.perf_counter() - start, "num_classes": train.num_classes,

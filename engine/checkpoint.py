@@ -16,28 +16,29 @@ from typing import Optional
 from torch import nn
 
 from glora.errors import UserError
+from glora.family import Family
 from glora.io import file_sha256, load_tensors, load_torch, save_json, save_tensors, save_torch
-from glora.merge import adapter_state, load_adapters, save_adapters
 
 MANIFEST = "manifest.json"
 ADAPTERS, BACKBONE, STATE = "adapters.safetensors", "backbone.safetensors", "state.pt"
 
 
-def trained_backbone(model: nn.Module) -> dict:
+def trained_backbone(model: nn.Module, family: Family) -> dict:
     """The parameters that train but are not in the adapters file (adapters and head)."""
-    saved = adapter_state(model)
+    saved = family.adapter_state(model)
     return {n: p for n, p in model.named_parameters() if p.requires_grad and n not in saved}
 
 
-def save_checkpoint(folder, run: str, state: dict, model: Optional[nn.Module] = None) -> Path:
-    """Write `state` (and `model`'s adapters) as the checkpoint of run `run`, atomically."""
+def save_checkpoint(folder, run: str, state: dict, model: Optional[nn.Module] = None,
+                    family: Optional[Family] = None) -> Path:
+    """Write `state` (and `model`'s adapters, saved by its `family`) as the checkpoint of run `run`, atomically."""
     folder = Path(folder)
     new, old = folder.with_name(folder.name + ".new"), folder.with_name(folder.name + ".old")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     if model is not None:
-        save_adapters(model, new / ADAPTERS)
-        backbone = trained_backbone(model)
+        family.save(model, new / ADAPTERS)
+        backbone = trained_backbone(model, family)
         if backbone:
             save_tensors(new / BACKBONE, backbone)
     save_torch(new / STATE, state)
@@ -60,19 +61,20 @@ def find_checkpoint(folder) -> Optional[Path]:
     return None
 
 
-def latest_state(folder, run: str, model: Optional[nn.Module] = None) -> Optional[dict]:
-    """The state of run `run`'s checkpoint in `folder` (its adapters loaded into `model`), or None
-    if the run has written none yet."""
+def latest_state(folder, run: str, model: Optional[nn.Module] = None,
+                 family: Optional[Family] = None) -> Optional[dict]:
+    """The state of run `run`'s checkpoint in `folder` (its adapters loaded into `model` by its
+    `family`), or None if the run has written none yet."""
     found = find_checkpoint(folder)
-    return None if found is None else load_checkpoint(found, run, model)
+    return None if found is None else load_checkpoint(found, run, model, family)
 
 
-def load_checkpoint(folder: Path, run: str, model: Optional[nn.Module] = None) -> dict:
+def load_checkpoint(folder: Path, run: str, model: Optional[nn.Module] = None, family: Optional[Family] = None) -> dict:
     """Check the manifest, load the adapters into `model` (if given) and return the loop state."""
     verify_checkpoint(folder, run)
     if model is not None:
-        load_adapters(model, folder / ADAPTERS)
-        backbone = trained_backbone(model)
+        family.load(model, folder / ADAPTERS)
+        backbone = trained_backbone(model, family)
         if backbone:
             if not (folder / BACKBONE).is_file():
                 raise UserError(f"{folder}: it holds no backbone parameters but some train now "

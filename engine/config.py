@@ -71,6 +71,8 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _merge(base: dict, new: dict, where: str, prefix: str) -> None:
+    if not prefix and "family" in new and new["family"] != base.get("family"):
+        base["adapter"] = {}  # adapter settings are their family's: another family starts from its own defaults
     for key, value in new.items():
         full = prefix + str(key)
         declared = keys.KEYS.get(full)

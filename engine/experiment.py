@@ -1,9 +1,12 @@
-"""From a resolved config to the objects every stage needs: the GLoRA model, the data splits (the
+"""From a resolved config to the objects every stage needs: the adapted model, the data splits (the
 task's, in its benchmark's layout, and the further test sets of domain generalization), what the
-export says of the model (merged file metadata, Hub folder) and the merged model's test-set accuracies."""
+export says of the model (merged file metadata, Hub folder or, for a family that does not merge,
+a model card with the measured inference cost) and the final model's test-set accuracies."""
 from __future__ import annotations
 
 import random
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -18,29 +21,29 @@ from data.test_sets import load_test_set, read_test_set
 
 from glora.errors import UserError
 from glora.hub import save_hub_folder
-from glora.inject import inject_glora, mark_trainable
-from glora.model import create_model
-from glora.space import SearchSpace
+from glora.io import atomic_write
+from glora.model import count_params, create_model
 
-from . import distributed, protocol
-from .loops import evaluate
+from . import distributed, method, protocol
+from .loops import autocast, evaluate
 
 
 def build_model(cfg: dict, num_classes: int, sampler: random.Random | None = None) -> nn.Module:
-    """The backbone with its fresh head and GLoRA injected; only adapters and head train."""
-    m, g = cfg["model"], cfg["glora"]
+    """The backbone with its fresh head and the experiment's adapter family injected (a supernet's
+    layers draw their subnets from `sampler`); only adapters and head train."""
+    m = cfg["model"]
     model = create_model(m["name"], num_classes, m["pretrained"], **(m["kwargs"] or {}))
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     want = (cfg["data"]["img_size"],) * 2
     if size is not None and tuple(size) != want:
         raise UserError(f"data.img_size={want[0]} but model {m['name']} takes {tuple(size)} images: "
                         "set model.kwargs.img_size to the same size")
+    family = method.family(cfg)
     try:
-        space = SearchSpace(g["ranks"], g["space"])
-        inject_glora(model, space, g["targets"], g["exclude"] or None, rng=sampler)
+        family.inject(model, rng=sampler)
     except ValueError as e:
-        raise UserError(f"glora config: {e}") from None
-    mark_trainable(model)
+        raise UserError(f"{method.where(family)}: {e}") from None
+    family.mark_trainable(model)
     return model
 
 
@@ -109,17 +112,78 @@ def export_metadata(cfg: dict, num_classes: int) -> dict:
 def save_hub(cfg: dict, merged: nn.Module, results: dict) -> Path:
     """The merged model in timm's Hub format under `<output>/retrain/hub/` (glora.hub), its model
     card naming the task, the method, the protocol, the test accuracy and the parameter counts."""
-    d, r = cfg["data"], cfg["retrain"]
+    d, r, family = cfg["data"], cfg["retrain"], method.family(cfg)
     acc = results["test_acc"] if results["test_acc_merged"] is None else results["test_acc_merged"]
     return save_hub_folder(
         merged, Path(cfg["output"]) / "retrain" / "hub", img_size=d["img_size"], mean=d["mean"], std=d["std"],
         interpolation=d["interpolation"], model_args=cfg["model"]["kwargs"], weights=results["merged_checkpoint"],
-        name=f"{cfg['model']['name']}.glora_{d['task']}", details={
+        method=f"{family.paper}, merged into the plain model", name=f"{cfg['model']['name']}.{family.name}_{d['task']}",
+        details={
             "Task": f"{d['task']} ({results['num_classes']} classes)",
             "Method": f"{cfg['method']} (subnet {r['subnet']}, backbone {r['backbone']}, init {r['init']})",
             "Protocol": protocol.description(cfg),
             "Test accuracy (%)": round(acc, 2), "Adapter parameters": results["adapter_params"],
             "Head parameters": results["head_params"]})
+
+
+def inference_cost(cfg: dict, model: nn.Module, batches, device: torch.device, images: int = 64,
+                   repeats: int = 10) -> dict:
+    """What an unmerged model's adapters cost at inference: their parameters beyond the plain
+    backbone, and the forward time of (up to) `images` test images against the plain model's (the
+    same backbone and head without the adapters), the two timed in turns, median of `repeats`."""
+    m = cfg["model"]
+    plain = create_model(m["name"], model.num_classes, False, **(m["kwargs"] or {}))
+    state = model.state_dict()
+    plain.load_state_dict({k: state[k] for k in plain.state_dict()})  # every plain key is the model's own
+    plain.to(device).eval()
+    model.eval()
+    x = next(iter(batches))[0][:images].to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {"plain": [], "adapted": []}
+    with torch.inference_mode(), autocast(device, cfg["train"]["amp"]):
+        plain(x), model(x)  # warm-up
+        for _ in range(repeats):
+            for name, net in (("plain", plain), ("adapted", model)):
+                sync()
+                start = time.perf_counter()
+                net(x)
+                sync()
+                times[name].append(time.perf_counter() - start)
+    plain_ms, adapted_ms = (1000 * statistics.median(times[k]) for k in ("plain", "adapted"))
+    return {"extra_params": count_params(model) - count_params(plain), "plain_params": count_params(plain),
+            "plain_ms": plain_ms, "adapted_ms": adapted_ms, "time_ratio": adapted_ms / plain_ms,
+            "images": len(x), "device": str(device), "repeats": repeats}
+
+
+def save_card(cfg: dict, family, results: dict) -> Path:
+    """`<output>/retrain/README.md`: the model card of a model whose family does not merge — its
+    adapters file, how to load it onto the plain timm model, and the extra inference cost."""
+    d, m, cost = cfg["data"], cfg["model"], results["inference"]
+    folder = Path(cfg["output"]) / "retrain"
+    kwargs = "".join(f", {k}={v!r}" for k, v in (m["kwargs"] or {}).items())
+    text = "\n".join([
+        f"# {m['name']}.{family.name}_{d['task']}", "",
+        f"A `{m['name']}` fine-tuned with {family.paper}, {results['num_classes']} classes of {d['task']}. "
+        f"It does not merge into the plain model: {family.why_not_merged}.", "",
+        f"- Method: {cfg['method']} (family {family.name}, settings {family.options})",
+        f"- Protocol: {protocol.description(cfg)}",
+        f"- Test accuracy (%): {results['test_acc']:.2f}",
+        f"- Adapter parameters: {results['adapter_params']:,}; head parameters: {results['head_params']:,}",
+        f"- Extra inference cost: {cost['extra_params']:,} parameters beyond the plain model's "
+        f"{cost['plain_params']:,} (+{100 * cost['extra_params'] / cost['plain_params']:.2f}%); a forward of "
+        f"{cost['images']} images on {cost['device']} takes {cost['adapted_ms']:.2f} ms against the plain model's "
+        f"{cost['plain_ms']:.2f} ms (x{cost['time_ratio']:.2f}, median of {cost['repeats']}, timed in turns)",
+        f"- Preprocessing: resize to {d['img_size']}x{d['img_size']} ({d['interpolation']}, no crop), "
+        f"normalize with mean {list(d['mean'])}, std {list(d['std'])}", "",
+        "## Usage", "", "```python",
+        "from glora.family import attach",
+        "from glora.model import create_model", "",
+        f"backbone = create_model({m['name']!r}, {results['num_classes']}, {m['pretrained']!r}{kwargs})  "
+        "# the pretrained backbone it was trained on",
+        f"model = attach(backbone, {Path(results['adapters_checkpoint']).name!r})  "
+        f"# adds the {family.name} adapters and head",
+        "```", ""])
+    return atomic_write(folder / "README.md", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def test_on_sets(cfg: dict, merged: nn.Module, test_sets: dict, device: torch.device, test_acc: float,

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from glora.io import atomic_write
-from glora.space import TENSORS, parse_choice
+from glora.space import parse_choice
 
 
 def save_figure(fig: Figure, path, writer=None, tag: Optional[str] = None, step: int = 0) -> Path:
@@ -63,40 +63,54 @@ def search_figure(candidates: Iterable[Mapping], best: Mapping, budget_m: Sequen
 
 # --------------------------------------------------------------------------------- the chosen subnet
 
-def _choice_order(choice: str) -> tuple:
+def _choice_order(choice) -> tuple:
+    if not isinstance(choice, str):  # a size (prompt tokens, rank, width; 0: off)
+        return 0, choice
     kind, rank = parse_choice(choice)
     return ("lora", "vector", "scalar", "none").index(kind), rank
 
 
-def subnet_figure(subnet: Mapping[str, Mapping[str, str]], title: str = "Chosen subnet") -> Figure:
-    """A layers × tensors map of a subnet's choices (A..E per adapted layer), one colour per choice."""
+def _colours(choices: list) -> dict:
+    """GLoRA's kinds in their colours (lora_r in blues); sizes in greens, 0 (off) like none."""
+    ranked = [c for c in choices if not isinstance(c, str) and c] or [c for c in choices if str(c).startswith("lora_")]
+    shades = colormaps["Greens" if ranked and not isinstance(ranked[0], str) else "Blues"]
+    colours = {c: shades(0.45 + 0.45 * i / max(len(ranked) - 1, 1)) for i, c in enumerate(ranked)}
+    return {**colours, "vector": "#f28e2b", "scalar": "#59a14f", "none": "#eeeeee", 0: "#eeeeee"}
+
+
+def _label(choice) -> str:
+    if not isinstance(choice, str):
+        return str(choice) if choice else ""
+    return {"none": "", "vector": "vec", "scalar": "sc"}.get(choice, choice.replace("lora_", "L"))
+
+
+def subnet_figure(subnet: Mapping[str, Mapping], title: str = "Chosen subnet") -> Figure:
+    """A layers × keys map of a subnet's choices (GLoRA's A..E per adapted layer, or a family's keys
+    per block, e.g. sizes), one colour per choice."""
     names = list(subnet)
+    keys = list(next(iter(subnet.values())))
     choices = sorted({c for cfg in subnet.values() for c in cfg.values()}, key=_choice_order)
-    loras = [c for c in choices if c.startswith("lora_")]
-    blues = colormaps["Blues"]
-    colours = {c: blues(0.45 + 0.45 * i / max(len(loras) - 1, 1)) for i, c in enumerate(loras)}
-    colours.update(vector="#f28e2b", scalar="#59a14f", none="#eeeeee")
+    colours = _colours(choices)
     palette = [to_rgba(colours[c]) for c in choices]
-    grid = [[choices.index(subnet[n][t]) for t in TENSORS] for n in names]
+    grid = [[choices.index(subnet[n][k]) for k in keys] for n in names]
 
     fig = Figure(figsize=(4.8, 1.6 + 0.22 * len(names)), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(grid, cmap=ListedColormap(palette), vmin=-0.5, vmax=len(choices) - 0.5, aspect="auto")
     for i, row in enumerate(grid):
         for j, k in enumerate(row):
-            label = {"none": "", "vector": "vec", "scalar": "sc"}.get(choices[k], choices[k].replace("lora_", "L"))
             r, g, b, _ = palette[k]
-            ax.text(j, i, label, ha="center", va="center", fontsize=7,
+            ax.text(j, i, _label(choices[k]), ha="center", va="center", fontsize=7,
                     color="white" if 0.3 * r + 0.6 * g + 0.1 * b < 0.5 else "black")
-    ax.set_xticks(range(len(TENSORS)), TENSORS)
+    ax.set_xticks(range(len(keys)), keys)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xticks([j - 0.5 for j in range(1, len(TENSORS))], minor=True)
+    ax.set_xticks([j - 0.5 for j in range(1, len(keys))], minor=True)
     ax.set_yticks([i - 0.5 for i in range(1, len(names))], minor=True)
     ax.grid(which="minor", color="white", linewidth=1)
     ax.tick_params(which="minor", length=0)
     ax.set_title(title, fontsize=9)
-    fig.legend(handles=[Patch(color=colours[c], label=c) for c in choices], loc="outside lower center",
+    fig.legend(handles=[Patch(color=colours[c], label=str(c)) for c in choices], loc="outside lower center",
                ncol=min(len(choices), 4), fontsize=7, frameon=False)
     return fig
 

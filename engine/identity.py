@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 
 from glora.errors import UserError
 from glora.io import load_yaml
-from glora.merge import read_adapter_metadata
+from glora.family import read_metadata
 
 from . import keys
 from .config import flatten
@@ -99,7 +99,7 @@ def lineage(cfg: dict, data: dict, upstream: dict, run: str, stage: str) -> dict
 def read_lineage(path: Path) -> Optional[dict]:
     """The lineage an upstream file carries (adapters files in their metadata, YAML files as a key)."""
     if path.suffix == ".safetensors":
-        return read_adapter_metadata(path).get("lineage")
+        return read_metadata(path).get("lineage")
     content = load_yaml(path)
     return content.get("lineage") if isinstance(content, dict) else None
 

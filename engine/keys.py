@@ -171,6 +171,10 @@ declare(
         "outputs/<data.task>)", ()),
     Key("method", "glora", TEXT, "the method's name in results.json and tables (configs/methods/*.yaml set their own)",
         (RETRAIN,)),
+    Key("family", "glora", TEXT, "the adapter family (registered in glora.family; glora/families/ holds the built-in "
+        "ones)", ALL, experiment=True),
+    Key("adapter", {}, optional(MAPPING), "the settings of a family other than glora (each family declares its own, "
+        "with defaults; a config that changes the family starts them afresh)", ALL, experiment=True, mapping=True),
     Key("protocol", "honest", one_of(*PROTOCOLS), "honest: search on val200, test once after retraining; "
         "release-2023: the authors' 2023 code path (supernet on train800val200, candidates scored on test, no "
         "retrain), every number test-selected", ALL, experiment=True),

@@ -1,10 +1,13 @@
-"""What a method is made of: the stages it runs, the subnet its retrain trains, what else trains.
+"""What a method is made of: its adapter family, the stages it runs, the subnet its retrain trains,
+what else trains.
 
-Baselines are configs here, not pipelines: LoRA or scale-and-shift restrict `glora.space`;
-`retrain.subnet` says where the retrained subnet comes from (the search, one layer config for
-every layer, a seeded random draw within the budget, or a subnet file); `retrain.backbone` adds
-the backbone's biases (BitFit) or all of it (full fine-tuning) to the adapters and head.
-configs/methods/ holds one preset per method.
+`family` names the adapter family (glora.family: GLoRA, or another registered one) and the
+family's config section holds its settings. Baselines are configs here, not pipelines: LoRA or
+scale-and-shift restrict `glora.space`; `retrain.subnet` says where the retrained subnet of a
+family with a supernet comes from (the search, one config for every layer, a seeded random draw
+within the budget, or a subnet file); a family without one trains its settings' adapters, from
+scratch; `retrain.backbone` adds the backbone's biases (BitFit) or all of it (full fine-tuning)
+to the adapters and head. configs/methods/ holds one preset per method.
 """
 from __future__ import annotations
 
@@ -16,11 +19,9 @@ from pathlib import Path
 from torch import nn
 
 from glora.errors import UserError
+from glora.family import Family, get_family
 from glora.io import load_yaml
-from glora.inject import (Subnet, compact_subnet, head_names, mark_trainable, set_subnet, subnet_params,
-                          uniform_subnet)
-from glora.merge import load_adapters
-from glora.space import TENSORS, SearchSpace
+from glora.inject import Subnet, head_names
 from glora.subnet import load_subnet
 from search.evolution import CandidateSpace
 
@@ -31,34 +32,58 @@ from .keys import SUBNETS
 STAGE_SCRIPTS = {"supernet": "train.py", "search": "search.py", "retrain": "retrain.py"}
 
 
+def family(cfg: dict) -> Family:
+    """The experiment's adapter family (`family`) with its settings (its config section)."""
+    try:
+        cls = get_family(cfg["family"])
+    except ValueError as e:
+        raise UserError(f"family={cfg['family']!r}: {e}; fix it in the config or with --set family=NAME") from None
+    if cls.section != "adapter" and cfg["adapter"]:
+        raise UserError(f"adapter={cfg['adapter']} is set but family {cls.name} takes its settings from "
+                        f"{cls.section}.*: move them there, or set family to the family they are for")
+    try:
+        return cls(**(cfg[cls.section] or {}))
+    except ValueError as e:
+        raise UserError(f"{where(cls)}: {e}") from None
+
+
+def where(cls) -> str:
+    """Where a family's settings are, for messages: `glora config`, `adapter config of family noah`."""
+    return f"{cls.section} config" + ("" if cls.section == cls.name else f" of family {cls.name}")
+
+
 def check(cfg: dict) -> None:
     """The rules that span keys: the method's keys fit together and with the protocol (every stage
     checks them before any work, after each key's own rule, engine.config.validate_config)."""
     r = cfg["retrain"]
     subnet = r["subnet"]
-    try:
-        SearchSpace(cfg["glora"]["ranks"], cfg["glora"]["space"])
-    except ValueError as e:
-        raise UserError(f"glora config: {e}") from None
-    if subnet == "uniform":
-        uniform_config(cfg)
+    fam = family(cfg)
+    if not fam.supernet and (subnet != "uniform" or r["uniform"] is not None or r["init"] != "scratch"):
+        raise UserError(f"family {fam.name} has no supernet: it trains the adapters its settings ({fam.section}.*) "
+                        "give every block, from scratch; set retrain.subnet=uniform, retrain.uniform=null and "
+                        "retrain.init=scratch (as its preset in configs/methods/ does)")
+    if subnet == "uniform" and fam.supernet:
+        try:
+            fam.uniform_config(r["uniform"])
+        except ValueError as e:
+            raise UserError(str(e)) from None
     if subnet != "uniform" and r["uniform"] is not None:
         raise UserError(f"retrain.uniform is set but retrain.subnet={subnet!r} does not use it: "
                         "set retrain.subnet=uniform, or retrain.uniform=null")
     protocol.check(cfg)
 
 
-def uniform_config(cfg: dict) -> dict:
-    """retrain.uniform, or the one layer config of a `glora.space` with one choice per tensor."""
-    layer, space = cfg["retrain"]["uniform"], cfg["glora"]["space"] or {}
-    if layer is not None:
-        return layer
-    choices = {t: [c] if isinstance(c, str) else c for t, c in space.items()}
-    if set(choices) != set(TENSORS) or any(not isinstance(c, list) or len(c) != 1 for c in choices.values()):
-        raise UserError("retrain.subnet=uniform needs retrain.uniform, the layer config of every layer, e.g. "
-                        "{A: vector, B: lora_4, D: vector} (tensors left out are none; {} trains the head alone), "
-                        "or a glora.space with one choice for each of A..E")
-    return {t: c[0] for t, c in choices.items()}
+def check_has_supernet(cfg: dict, script: str) -> None:
+    """train.py and search.py work on a supernet: refuse a family without one."""
+    fam = family(cfg)
+    if not fam.supernet:
+        raise UserError(f"family {fam.name} has no supernet, so {script} has nothing to do: its method runs "
+                        "retrain.py alone (python -m engine.method CONFIG... lists the stages a config needs)")
+
+
+def candidates(cfg: dict, fam: Family, model: nn.Module) -> CandidateSpace:
+    """The subnets of the model within search.budget, as the search draws and breeds them."""
+    return CandidateSpace.from_model(model, cfg["search"]["budget"], cfg["search"]["max_tries"], fam)
 
 
 def supernet_file(cfg: dict) -> Path:
@@ -67,7 +92,9 @@ def supernet_file(cfg: dict) -> Path:
 
 
 def check_trains_supernet(cfg: dict) -> None:
-    """train.py trains `<output>/supernet/`: refuse a config whose other stages read another supernet."""
+    """train.py trains `<output>/supernet/`: refuse a family without a supernet, and a config whose
+    other stages read another supernet."""
+    check_has_supernet(cfg, "train.py")
     own = Path(cfg["output"]) / "supernet" / "supernet.safetensors"
     if supernet_file(cfg).resolve() != own.resolve():
         raise UserError(f"supernet={cfg['supernet']}: this experiment reads a supernet trained elsewhere, so train.py "
@@ -141,53 +168,77 @@ def upstream_files(cfg: dict, stage: str) -> list[Upstream]:
     return files
 
 
-def retrain_subnet(cfg: dict, model: nn.Module) -> tuple[Subnet, dict]:
-    """The subnet the retrain trains, with what its source records of it (params, val_acc1, ...)."""
+def retrain_subnet(cfg: dict, fam: Family, model: nn.Module) -> tuple[Subnet | None, dict]:
+    """The subnet the retrain trains (None for a family without a supernet), with what its source
+    records of it (params, val_acc1, ...)."""
     source = cfg["retrain"]["subnet"]
-    if source == "searched":
-        return load_subnet(Path(cfg["output"]) / "search" / "best_subnet.yaml", model)
+    if not fam.supernet:
+        return None, {}
     if source == "uniform":
         try:
-            return uniform_subnet(model, uniform_config(cfg)), {}
+            return fam.uniform_subnet(model, cfg["retrain"]["uniform"]), {}
         except ValueError as e:
             raise UserError(f"retrain.uniform: {e}") from None
     if source == "random":  # the draw that starts the search, without the search
-        s = cfg["search"]
-        space = CandidateSpace.from_model(model, s["budget"], s["max_tries"])
-        return space.subnet(space.sample(random.Random(cfg["seed"]))), {"budget": list(s["budget"])}
-    return load_subnet(source, model)
+        space = candidates(cfg, fam, model)
+        return space.subnet(space.sample(random.Random(cfg["seed"]))), {"budget": list(cfg["search"]["budget"])}
+    path = Path(cfg["output"]) / "search" / "best_subnet.yaml" if source == "searched" else Path(source)
+    subnet, meta = load_subnet(path)
+    try:
+        return fam.check_subnet(model, subnet), meta
+    except ValueError as e:
+        raise UserError(f"{path}: {e}; it was searched for another model or other {fam.section} settings") from None
+
+
+def prepare_retrain(cfg: dict, fam: Family, model: nn.Module) -> tuple[Subnet | None, dict]:
+    """The retrain model: its subnet fixed (from the supernet's weights with retrain.init: supernet)
+    and compacted, so that only what trains exists; the adapters and head train. Returns the
+    subnet and what its source records of it."""
+    subnet, meta = retrain_subnet(cfg, fam, model)
+    if cfg["retrain"]["init"] == "supernet":
+        fam.load(model, supernet_file(cfg))
+    if subnet is not None:
+        fam.set_subnet(model, subnet)
+        fam.compact(model)  # only the subnet's own parameters exist, and train
+    fam.mark_trainable(model)
+    return subnet, meta
+
+
+def why_not_merged(fam: Family, adapter_params: int) -> str:
+    """Why results.json has no merged accuracy: the family does not merge, or nothing was adapted."""
+    if not fam.mergeable:
+        return f"family {fam.name} does not merge: {fam.why_not_merged}"
+    return "the subnet holds no adapter parameters: the merged model is the plain model, with nothing to test twice"
 
 
 @dataclass
 class Retrained:
-    """The model the retrain trains, its subnet, what the subnet's source records of it (params,
-    val_acc1, ...) and the parameter counts: the subnet's adapters, the backbone parameters added."""
+    """The model the retrain trains, its family, its subnet (None for a family without a supernet),
+    what the subnet's source records of it (params, val_acc1, ...) and the parameter counts: the
+    adapters', the backbone parameters added."""
 
     model: nn.Module
-    subnet: Subnet
+    family: Family
+    subnet: Subnet | None
     source: dict
     adapter_params: int
     backbone_params: int
 
 
 def retrain_model(cfg: dict, num_classes: int) -> Retrained:
-    """The method's subnet on the backbone, from the supernet's weights or scratch (retrain.init),
-    compacted (only the subnet's own parameters exist, and train) with the backbone parameters
-    retrain.backbone adds; a subnet file whose parameter count differs is refused."""
-    r = cfg["retrain"]
+    """The method's adapters on the backbone: a supernet family's subnet, from the supernet's weights
+    or scratch (retrain.init), compacted (only the subnet's own parameters exist, and train); with
+    the backbone parameters retrain.backbone adds. A subnet file whose parameter count differs is
+    refused."""
+    r, fam = cfg["retrain"], family(cfg)
     model = build_model(cfg, num_classes)
-    subnet, source = retrain_subnet(cfg, model)
-    if r["init"] == "supernet":
-        load_adapters(model, supernet_file(cfg))
-    set_subnet(model, subnet)
-    compact_subnet(model)
-    mark_trainable(model)
+    subnet, source = prepare_retrain(cfg, fam, model)
     backbone_params = train_backbone(model, r["backbone"])
-    adapter_params = subnet_params(model, subnet)
+    adapter_params = fam.count(model)
     if "params" in source and source["params"] != adapter_params:
         raise UserError(f"retrain.subnet={r['subnet']}: the file says {source['params']} parameters but they count "
-                        f"{adapter_params}; it was searched for another model or other glora settings")
-    return Retrained(model, subnet, source, adapter_params, backbone_params)
+                        f"{adapter_params}; it was searched for another model or other {fam.section} settings")
+    return Retrained(model, fam, subnet, source, adapter_params, backbone_params)
 
 
 def train_backbone(model: nn.Module, backbone: str) -> int:

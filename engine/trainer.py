@@ -15,14 +15,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from glora.errors import UserError
-from glora.inject import make_static, sample_subnet, used_flags, write_subnet
 from glora.io import tuples
-from glora.merge import adapter_state, first_nonfinite
+from glora.merge import first_nonfinite
 from glora.optim import MaskedAdamW
 
-from . import distributed
+from . import distributed, method
 from .checkpoint import latest_state, save_checkpoint
-from .compile import Compiler
+from .compile import Compiler, wanted
 from .loops import train_step
 from .run import Stage, log, rng_state, seed_noise, set_rng_state
 from .stop import Stopped
@@ -32,7 +31,7 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device
           flags: Optional[dict] = None) -> torch.optim.Optimizer:
     """timm's AdamW (no weight decay on biases and other 1-D parameters); on CUDA the fused
     kernel, one launch a step where the default launches several per group of tensors. With
-    `flags` (a static supernet's, glora.inject.used_flags), MaskedAdamW over the same groups."""
+    `flags` (a static supernet's, Family.used_flags), MaskedAdamW over the same groups."""
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, **fused)
     return optimizer if flags is None else MaskedAdamW([dict(g) for g in optimizer.param_groups], flags=flags)
@@ -57,20 +56,26 @@ class Trainer:
                  validate: Optional[Callable[[], dict]] = None, eval_every: int = 0,
                  sampler: Optional[random.Random] = None, amp: bool = True):
         self.stage, self.model, self.loader, self.section = stage, model, loader, section
+        self.family = method.family(stage.cfg)  # what saves and loads the model's adapters
         self.validate, self.eval_every, self.sampler, self.amp = validate, eval_every, sampler, amp
         c = stage.cfg[section]
         self.epochs, self.ckpt_every = int(c["epochs"]), int(c["ckpt_every"])
-        self.compiler = Compiler(stage.cfg["train"]["compile"], stage.device, distributed.world_size())
+        setting = stage.cfg["train"]["compile"]
+        if sampler is not None and not self.family.static and wanted(setting, stage.device):
+            log.info("note: train.compile=%s: family %s has no static form of its supernet (every subnet would be "
+                     "a graph of its own), so its steps run eager", setting, self.family.name)
+            setting = False
+        self.compiler = Compiler(setting, stage.device, distributed.world_size())
         self.static = self.compiler.enabled and sampler is not None
         if self.static:
-            make_static(model)
+            self.family.make_static(model)
         compiled = self.compiler.module(model)
         self.net = compiled  # what the loop calls: the model (compiled), or its DDP wrapper under torchrun
         if distributed.world_size() > 1:
             # Layers whose config leaves some storage unused in a step leave DDP gradients to find.
             ids = [stage.device] if stage.device.type == "cuda" else None
             self.net = DistributedDataParallel(compiled, device_ids=ids, find_unused_parameters=True)
-        flags = used_flags(model) if self.static else None
+        flags = self.family.used_flags(model) if self.static else None
         self.optimizer = self.compiler.optimizer(adamw(model, c["lr"], c["weight_decay"], stage.device, flags))
         self.eval_model = self.compiler.evaluation(compiled) if validate is not None else model
         # epochs: 0 (a retrain that only evaluates) runs no step; the schedule still needs a length.
@@ -115,7 +120,7 @@ class Trainer:
 
     def restore(self) -> bool:
         """Continue from the run's last checkpoint, if it has one; returns whether it did."""
-        state = latest_state(self.ckpt_dir, self.stage.run, self.model)
+        state = latest_state(self.ckpt_dir, self.stage.run, self.model, self.family)
         if state is None:
             log.info("no checkpoint of this run in %s yet: it starts from epoch 0", self.ckpt_dir)
             return False
@@ -155,7 +160,7 @@ class Trainer:
             self.model.train()
             for x, y in self.loader:
                 if self.static:
-                    write_subnet(self.model, sample_subnet(self.model, self.sampler))
+                    self.family.write_subnet(self.model, self.family.sample_subnet(self.model, self.sampler))
                 x, y = distributed.shard(x), distributed.shard(y)
                 with self.compiler.tracking("train", x):
                     loss = train_step(self.net, x, y, self.optimizer, device, self.amp)
@@ -198,11 +203,11 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Write the run's checkpoint (rank 0), refusing non-finite parameters (every rank: they are equal)."""
-        bad = first_nonfinite(adapter_state(self.model))
+        bad = first_nonfinite(self.family.adapter_state(self.model))
         if bad is not None:
             raise UserError(f"training diverged: {bad} holds non-finite values after epoch {self.epoch} (the last "
                             f"good checkpoint is kept): lower {self.section}.lr")
         state = self.state()
         if self.stage.main:
-            save_checkpoint(self.ckpt_dir, self.stage.run, state, self.model)
+            save_checkpoint(self.ckpt_dir, self.stage.run, state, self.model, self.family)
         distributed.barrier()

@@ -1,4 +1,5 @@
-"""GLoRA (Generalized LoRA) for timm models: the space, the layer, injection, merging and export.
+"""GLoRA (Generalized LoRA) for timm models: the space, the layer, injection, merging and export;
+and the adapter families it sits beside (glora.family: VPT-deep, AdaptFormer, RepAdapter, NOAH).
 
 Names are imported on first use: the layer, injection, the static form's optimizer (MaskedAdamW),
 merging and adapters files need torch and safetensors only; `create_model` and `save_hub_folder`
@@ -18,6 +19,7 @@ _EXPORTS = {
     "save_hub_folder": "hub",
     "create_model": "model", "load_merged": "model",
     "load_subnet": "subnet", "save_subnet": "subnet",
+    "Family": "family", "get_family": "family", "attach": "family",
 }
 __all__ = list(_EXPORTS)
 

@@ -33,7 +33,8 @@ CITATION = """@article{chavan2023glora,
 
 def save_hub_folder(model: nn.Module, folder, *, img_size: int, mean: Sequence[float], std: Sequence[float],
                     interpolation: str = "bicubic", model_args: Optional[dict] = None,
-                    name: Optional[str] = None, details: Optional[dict] = None, weights=None) -> Path:
+                    name: Optional[str] = None, details: Optional[dict] = None, weights=None,
+                    method: str = METHOD) -> Path:
     """Write a merged timm model as `folder/{config.json, model.safetensors, README.md}`.
 
     `img_size`, `mean`, `std`, `interpolation`: the preprocessing the model was trained with
@@ -41,7 +42,7 @@ def save_hub_folder(model: nn.Module, folder, *, img_size: int, mean: Sequence[f
     (recent timm records them itself); `name`: the model card's title (default: the folder's name);
     `details`: lines of the model card (task, protocol, accuracy, ...). `weights`: this model's
     state dict already written as safetensors (e.g. merged.safetensors), linked into the folder
-    instead of written a second time.
+    instead of written a second time. `method`: how it was fine-tuned (default: GLoRA, merged).
     """
     from timm.models._hub import generate_readme, save_config_for_hf  # timm's own Hub writers
 
@@ -74,9 +75,9 @@ def save_hub_folder(model: nn.Module, folder, *, img_size: int, mean: Sequence[f
     card = {
         "tags": ["image-classification", "timm", "glora", "peft"],
         "license": config["pretrained_cfg"].get("license", "apache-2.0"),
-        "description": f"A `{config['architecture']}` fine-tuned with {METHOD}; an ordinary timm model "
+        "description": f"A `{config['architecture']}` fine-tuned with {method}; an ordinary timm model "
                        "with no extra inference cost.",
-        "details": {"Model Type": "Image classification", "Method": METHOD, **(details or {}),
+        "details": {"Model Type": "Image classification", "Method": method, **(details or {}),
                     "Parameters (M)": round(n_params / 1e6, 3),
                     "Image size": "x".join(map(str, config["pretrained_cfg"]["input_size"][1:])),
                     "Preprocessing": f"resize to the input size ({interpolation}, no crop), "

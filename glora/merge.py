@@ -1,6 +1,7 @@
 """Reparameterization and export: merge GLoRA into plain nn.Linear; save/load adapters-only files."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,34 @@ def merge_glora(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, linear)
     return model
+
+
+class MergedCopy:
+    """A plain copy of a GLoRA model into whose linear layers any subnet's W', b' can be written:
+    each subnet then costs one plain forward, without any GLoRA term (the search scores with it)."""
+
+    def __init__(self, supernet: nn.Module):
+        self.layers = glora_layers(supernet)
+        self.plain = copy.deepcopy(supernet)
+        self.plain_layers = {}
+        for name, layer in self.layers.items():
+            lin = nn.Linear(layer.in_features, layer.out_features, bias=True,
+                            device=layer.weight.device, dtype=layer.weight.dtype).requires_grad_(False)
+            parent, _, child = name.rpartition(".")
+            setattr(self.plain.get_submodule(parent), child, lin)
+            self.plain_layers[name] = lin
+        self.plain.eval()
+
+    @torch.inference_mode()
+    def load(self, subnet) -> nn.Module:
+        """Write the subnet's merged weights into the plain model and return it."""
+        for name, layer in self.layers.items():
+            cfg = layer.space.validate(subnet[name], layer.has_bias, where=name)
+            lin = self.plain_layers[name]
+            lin.weight.copy_(layer.merged_weight(cfg))
+            bias = layer.merged_bias(cfg)
+            lin.bias.copy_(bias) if bias is not None else lin.bias.zero_()
+        return self.plain
 
 
 def export_merged(model: nn.Module, path, metadata: Optional[dict] = None) -> Path:

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import timm
 
 from glora import UserError, save_adapters
+from engine import method
 from engine.experiment import build_model
 from engine.run import Stage, execute
 from glora.merge import adapter_state
@@ -22,6 +23,9 @@ from glora.merge import adapter_state
 
 def import_supernet(stage: Stage, checkpoint: str) -> Path:
     """Write `checkpoint`'s adapters and head as the supernet stage's output, as a run of that stage."""
+    if method.family(stage.cfg).name != "glora":
+        raise UserError(f"family={stage.cfg['family']}: this script imports GLoRA supernets (the authors' release); "
+                        "set family=glora")
     model = build_model(stage.cfg, stage.data["num_classes"])
     try:
         state = timm.models.load_state_dict(checkpoint, weights_only=True)

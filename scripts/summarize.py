@@ -14,9 +14,12 @@ VTAB tasks and the mean of the three group means; tasks of one's own (group `own
 Every table states its protocol (honest, or release-2023, whose accuracies are test-selected and
 labelled so on every row). Few-shot runs (<grid>/<dataset>/shot<K>/seed<S>/) get a row per (dataset,
 K), with GLoRA's published figure beside where there is one; domain-generalization runs a table of
-their test sets. A table of every run (seed) follows the means.
-Writes results.md, results.csv (one row per task), results_groups.csv (the means), results_runs.csv
-(one row per run) and two figures,
+their test sets. With VTAB-1k tasks, the published VTAB-1k rows of other methods (data/registry.py)
+follow beside ours, over the same tasks, labelled published, each with the mean its source reports
+and which mean that is. A family that does not merge has no merged accuracy (–) and a note says why.
+A table of every run (seed) follows the means.
+Writes results.md, results.csv (one row per task), results_groups.csv (the means), results_published.csv
+(the published rows beside ours), results_runs.csv (one row per run) and two figures,
 accuracy per task per config (method) and accuracy against trainable parameters, into FOLDER
 (the figures also into TensorBoard under FOLDER/tb_summary).
 Usage: python scripts/summarize.py FOLDER
@@ -34,13 +37,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.registry import GROUPS, TASKS, lookup, published
+from data.registry import GROUPS, PUBLISHED_MEANS, TASKS, VTAB_SOURCES, lookup, published
 from engine.figures import draw_summary
 from torch.utils.tensorboard import SummaryWriter
 
 SEED_DIR = re.compile(r"seed\d+")
 SHOT_DIR = re.compile(r"shot\d+")
-LABELS = ("config", "task", "shots", "protocol", "group", "run", "seed")
+LABELS = ("config", "task", "shots", "protocol", "group", "run", "seed", "method", "family", "why_not_merged")
 HONEST = "honest"
 PARAMS = ("trainable_params", "adapter_params", "head_params")  # shown as means; every other value is an accuracy
 ORDER = {name: i for i, name in enumerate(TASKS)}  # VTAB tasks in the registry's (the papers') order
@@ -132,7 +135,8 @@ def result_row(folder: Path, run: Path, path: Path) -> dict:
         "group": task.group if task else "own", "test_acc": r["test_acc"], "test_acc_merged": r["test_acc_merged"],
         "trainable_params": r["trainable_params"], "adapter_params": r["adapter_params"],
         "head_params": r["head_params"], "run": str(run), "seed": _seed(run),
-        "test_sets": r.get("test_sets") or {},
+        "test_sets": r.get("test_sets") or {}, "method": r.get("method", ""), "family": r.get("family", "glora"),
+        "why_not_merged": r.get("why_not_merged"),
     }
 
 
@@ -221,6 +225,30 @@ def vtab_means(rows: list[dict]) -> list[dict]:
     return means
 
 
+def published_rows(rows: list[dict], runs: list[dict]) -> list[dict]:
+    """Our configs beside the published VTAB-1k rows, over the VTAB tasks present here (registry
+    order): per row its accuracy per task, the mean over these tasks (like for like), and for a
+    published row the mean its source reports over all 19 tasks, and which mean that is."""
+    tasks = [t for t in TASKS if any(r["task"] == t and r["group"] in GROUPS for r in rows)]
+    if not tasks:
+        return []
+    methods = {r["config"]: r["method"] for r in runs}
+    out = []
+    for config in dict.fromkeys(r["config"] for r in rows):
+        accs = {r["task"]: r["test_acc"] for r in rows if r["config"] == config and r["task"] in tasks}
+        if accs:
+            out.append({"method": methods.get(config) or config, "source": f"this code ({config or 'this run'})",
+                        **{t: accs.get(t) for t in tasks},
+                        "mean of these tasks": statistics.mean(accs.values()) if len(accs) == len(tasks) else None,
+                        "reported mean": None, "params (M)": None})
+    for m in PUBLISHED_MEANS:
+        accs = {t: published("vtab", t, None, m.method, m.source).test_acc for t in tasks}
+        out.append({"method": m.method, "source": f"published: {m.label}", **accs,
+                    "mean of these tasks": statistics.mean(accs.values()),
+                    "reported mean": f"{m.test_acc:.2f} ({m.kind})", "params (M)": m.params_m})
+    return sorted(out, key=lambda r: (r["method"], not r["source"].startswith("this code")))
+
+
 def fmt(v, std=None) -> str:
     if v is None:
         return "–"
@@ -275,6 +303,14 @@ def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None
             lines.append("| " + " | ".join([r["config"]] * with_config + [r["task"]] + [fmt(r["shots"])] * shown["shots"]
                                            + [r["seed"] or "–", fmt(r["test_acc"]), fmt(r["test_acc_merged"])]
                                            + [protocol_label(r["protocol"])] * shown["protocol"]) + " |")
+    beside = published_rows(rows, runs)
+    if beside:
+        head = list(beside[0])
+        lines += ["", "Published VTAB-1k figures beside ours (ViT-B/16 pretrained on ImageNet-21k, as the sources "
+                  "report them; the published rows are not results of this code):", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(fmt(r[c]) if not isinstance(r[c], str) else r[c] for c in head) + " |"
+                  for r in beside]
     notes = []
     protocols = sorted({r["protocol"] for r in rows})
     notes.append("Protocol: " + "; ".join(
@@ -283,6 +319,14 @@ def markdown(rows: list[dict], means: list[dict], runs: list[dict] | None = None
         for p in protocols) + ".")
     if with_n:
         notes.append("Accuracies: mean ± sample standard deviation over the n runs (seeds) of each task.")
+    unmerged = {r["config"] or r["method"]: r["why_not_merged"] for r in runs if r["why_not_merged"]}
+    for config, why in unmerged.items():
+        notes.append(f"test_acc_merged – for {config or 'this run'}: {why}.")
+    if beside:
+        notes.append("Published rows: their mean over the tasks run here compares like for like with ours; the "
+                     "reported mean is the source's own, over all 19 tasks, computed as that source says (which "
+                     "mean it is follows each figure). Sources: " + "; ".join(
+                         f"{label}: {source}" for label, source in VTAB_SOURCES.items()) + ".")
     if shown["published"]:
         notes.append("published: GLoRA's 16-shot accuracy as its authors published it (comment in their repository's "
                      "issue 14), for comparison; not a result of this run.")
@@ -313,7 +357,9 @@ def write_summary(folder: Path, stale: dict | None = None) -> tuple[str, list[Pa
     means = vtab_means(rows)
     text = markdown(rows, means, runs, left_out)
     per_run = [{k: v for k, v in r.items() if k != "test_sets"} for r in runs]
+    beside = published_rows(rows, runs)
     tables = {"results.md": text, "results.csv": to_csv(rows), "results_groups.csv": to_csv(means) if means else None,
+              "results_published.csv": to_csv(beside) if beside else None,
               "results_runs.csv": to_csv(per_run) if any(r["n"] > 1 for r in rows) else None}
     files = [folder / name for name, content in tables.items() if content is not None]
     for path in files:

@@ -1,13 +1,14 @@
-"""Evolutionary search over per-layer GLoRA configs under a parameter budget.
+"""Evolutionary search over per-layer (or per-block) choices under a parameter budget.
 
 The algorithm of the paper's release (after AutoFormer): a random first population; then, each
-generation, the top-k candidates seen so far breed by mutation (each layer's tensor re-drawn
+generation, the top-k candidates seen so far breed by mutation (each layer's each key re-drawn
 with a probability) and uniform crossover, and random candidates refill the population. As in
 the release, a candidate is scored once (it keeps a visited set too). Unlike it, every draw is
 bounded (its random refill loops until the population is full, forever under a budget no
 subnet meets, or once the space is exhausted), an infeasible budget fails at once, and a random
 draw outside the budget is repaired by re-drawing single choices (the release draws again
-until one fits).
+until one fits). What a layer chooses is keyed (GLoRA's tensors A..E, NOAH's prompt, lora and
+adapter sizes): the search sees only the keys, their choices and each choice's parameters.
 
 Two ways to score a generation faster, neither of which changes the search's course:
 - Sharding: under torchrun each of N ranks scores every N-th candidate and the ranks gather the
@@ -27,51 +28,57 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from glora.errors import UserError
 from glora.io import tuples
-from glora.space import TENSORS, choice_params
 
-Key = tuple  # one tuple of A..E choices per layer, in layer order: hashable and ordered
+Key = tuple  # one tuple of choices per layer (in its keys' order), in layer order: hashable and ordered
 
 
 @dataclass(frozen=True)
 class LayerSlot:
-    """What the search needs of one adapted layer: its choices per tensor and its shape."""
+    """What the search needs of one layer or block: each key's choices and their parameter counts."""
 
-    choices: dict  # tensor -> list of choices
-    in_features: int
-    out_features: int
+    costs: Mapping  # key -> {choice: parameters}
 
-    def cost(self, tensor: str, choice: str) -> int:
-        return choice_params(tensor, choice, self.in_features, self.out_features)
+    @property
+    def keys(self) -> tuple:
+        return tuple(self.costs)
+
+    @property
+    def choices(self) -> dict:
+        return {k: list(c) for k, c in self.costs.items()}
+
+    def cost(self, key, choice) -> int:
+        return self.costs[key][choice]
 
 
-def layer_slots(model) -> dict[str, LayerSlot]:
-    """The search's view of a model's adapted layers, by qualified name."""
-    from glora.inject import glora_layers
+def layer_slots(model, family=None) -> dict[str, LayerSlot]:
+    """The search's view of a model's adapted layers, by qualified name (default family: GLoRA)."""
+    if family is None:
+        from glora.family import get_family
 
-    return {n: LayerSlot(l.space.layer_choices(l.has_bias), l.in_features, l.out_features)
-            for n, l in glora_layers(model).items()}
+        family = get_family("glora")()
+    return {n: LayerSlot(costs) for n, costs in family.slots(model).items()}
 
 
 class CandidateSpace:
     """Subnets as keys, with their parameter counts, budget checks and the breeding moves."""
 
     @classmethod
-    def from_model(cls, model, budget_m, max_tries: int = 1000) -> "CandidateSpace":
+    def from_model(cls, model, budget_m, max_tries: int = 1000, family=None) -> "CandidateSpace":
         """The candidates of a model's adapted layers within `budget_m` = [min, max] millions."""
         lo, hi = budget_m
-        return cls(layer_slots(model), (round(lo * 1e6), round(hi * 1e6)), max_tries)
+        return cls(layer_slots(model, family), (round(lo * 1e6), round(hi * 1e6)), max_tries)
 
     def __init__(self, slots: dict[str, LayerSlot], budget: tuple[int, int], max_tries: int = 1000):
         self.names = list(slots)
         self.slots = [slots[n] for n in self.names]
         self.lo, self.hi = budget
         self.max_tries = max_tries
-        smallest = sum(min(s.cost(t, c) for c in s.choices[t]) for s in self.slots for t in TENSORS)
-        largest = sum(max(s.cost(t, c) for c in s.choices[t]) for s in self.slots for t in TENSORS)
+        smallest = sum(min(s.costs[k].values()) for s in self.slots for k in s.keys)
+        largest = sum(max(s.costs[k].values()) for s in self.slots for k in s.keys)
         if self.lo > self.hi or self.hi < smallest or self.lo > largest:
             raise UserError(
                 f"search.budget [{self.lo / 1e6:g}, {self.hi / 1e6:g}]M is infeasible: subnets of this model "
@@ -80,47 +87,48 @@ class CandidateSpace:
             )
 
     def params(self, key: Key) -> int:
-        return sum(s.cost(t, c) for s, cfg in zip(self.slots, key) for t, c in zip(TENSORS, cfg))
+        return sum(s.cost(k, c) for s, cfg in zip(self.slots, key) for k, c in zip(s.keys, cfg))
 
     def fits(self, key: Key) -> bool:
         return self.lo <= self.params(key) <= self.hi
 
     def subnet(self, key: Key) -> dict:
-        return {n: dict(zip(TENSORS, cfg)) for n, cfg in zip(self.names, key)}
+        return {n: dict(zip(s.keys, cfg)) for n, s, cfg in zip(self.names, self.slots, key)}
 
     def key(self, subnet: dict) -> Key:
-        return tuple(tuple(subnet[n][t] for t in TENSORS) for n in self.names)
+        return tuple(tuple(subnet[n][k] for k in s.keys) for n, s in zip(self.names, self.slots))
 
     # --------------------------------------------------------------------------------- moves
 
     def sample(self, rng: random.Random) -> Key:
         """A uniform random subnet, repaired into the budget by re-drawing single choices."""
-        genes = [[rng.choice(s.choices[t]) for t in TENSORS] for s in self.slots]
-        total = sum(s.cost(t, c) for s, g in zip(self.slots, genes) for t, c in zip(TENSORS, g))
+        genes = [[rng.choice(s.choices[k]) for k in s.keys] for s in self.slots]
+        total = sum(s.cost(k, c) for s, g in zip(self.slots, genes) for k, c in zip(s.keys, g))
         # Each step moves one gene towards the window; a start far from it may need every gene moved.
-        for _ in range(self.max_tries + 4 * len(self.slots) * len(TENSORS)):
+        for _ in range(self.max_tries + 4 * sum(len(s.keys) for s in self.slots)):
             if self.lo <= total <= self.hi:
                 return tuple(tuple(g) for g in genes)
             shrink = total > self.hi
-            # Any (layer, tensor) that can move towards the budget; re-draw it among such choices.
-            moves = [(i, j, c) for i, (s, g) in enumerate(zip(self.slots, genes)) for j, t in enumerate(TENSORS)
-                     for c in s.choices[t] if (s.cost(t, c) < s.cost(t, g[j])) == shrink and s.cost(t, c) != s.cost(t, g[j])]
+            # Any (layer, key) that can move towards the budget; re-draw it among such choices.
+            moves = [(i, j, c) for i, (s, g) in enumerate(zip(self.slots, genes)) for j, k in enumerate(s.keys)
+                     for c in s.choices[k]
+                     if (s.cost(k, c) < s.cost(k, g[j])) == shrink and s.cost(k, c) != s.cost(k, g[j])]
             i, j, c = rng.choice(moves)
-            t = TENSORS[j]
-            total += self.slots[i].cost(t, c) - self.slots[i].cost(t, genes[i][j])
+            k = self.slots[i].keys[j]
+            total += self.slots[i].cost(k, c) - self.slots[i].cost(k, genes[i][j])
             genes[i][j] = c
         raise UserError(f"could not draw a subnet within search.budget [{self.lo / 1e6:g}, {self.hi / 1e6:g}]M "
                         f"in {self.max_tries} steps: the window is too narrow for this model; widen it")
 
     def mutate(self, key: Key, prob: float, rng: random.Random) -> Key:
-        """Re-draw each layer's each tensor with probability `prob`."""
+        """Re-draw each layer's each key with probability `prob`."""
         return tuple(
-            tuple(rng.choice(s.choices[t]) if rng.random() < prob else c for t, c in zip(TENSORS, cfg))
+            tuple(rng.choice(s.choices[k]) if rng.random() < prob else c for k, c in zip(s.keys, cfg))
             for s, cfg in zip(self.slots, key)
         )
 
     def crossover(self, a: Key, b: Key, rng: random.Random) -> Key:
-        """Uniform crossover: each layer's each tensor from either parent."""
+        """Uniform crossover: each layer's each key from either parent."""
         return tuple(tuple(x if rng.random() < 0.5 else y for x, y in zip(ca, cb)) for ca, cb in zip(a, b))
 
 
@@ -136,7 +144,7 @@ class Record:
     def log_line(self) -> dict:
         """The record as a line of candidates.jsonl."""
         return {"generation": self.generation, "acc1": self.acc1, "pruned": self.pruned, "images": self.images,
-                "params": self.params, "layers": [",".join(c) for c in self.key]}
+                "params": self.params, "layers": [",".join(map(str, c)) for c in self.key]}
 
 
 class EvolutionSearch:

@@ -2,14 +2,14 @@
 candidate can no longer reach the parents."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
+from typing import Callable
 
-import torch
 from torch import nn
 
 from glora.accuracy import count_correct, percent
 from glora.inject import Subnet, glora_layers, set_subnet
+from glora.merge import MergedCopy
 
 
 @dataclass(frozen=True)
@@ -43,41 +43,30 @@ def score_batches(model: nn.Module, batches, amp: bool = True, floor: float = 0.
     return Score(correct, seen, total)
 
 
-class MergedScorer:
-    """Scores a subnet by the accuracy of a plain model that holds its merged weights.
+class SubnetScorer:
+    """Scores a subnet by the accuracy of the model `load(subnet)` returns over a split's batches
+    (an adapter family's scoring model: glora.family.Family.scoring_model)."""
 
-    The plain model is built once; per candidate only W' and b' are written into it, so scoring
-    costs one plain forward over the split, without any of the GLoRA terms. `batches` is the
-    split's BatchLoader (engine.experiment.eval_loader: val200 held on the device).
-    """
-
-    def __init__(self, supernet: nn.Module, batches, amp: bool = True):
-        self.supernet, self.batches, self.amp = supernet, batches, amp
-        self.layers = glora_layers(supernet)
-        self.plain = copy.deepcopy(supernet)
-        self.plain_layers = {}
-        for name, layer in self.layers.items():
-            lin = nn.Linear(layer.in_features, layer.out_features, bias=True,
-                            device=layer.weight.device, dtype=layer.weight.dtype).requires_grad_(False)
-            parent, _, child = name.rpartition(".")
-            setattr(self.plain.get_submodule(parent), child, lin)
-            self.plain_layers[name] = lin
-        self.plain.eval()
-
-    @torch.inference_mode()
-    def load(self, subnet: Subnet) -> nn.Module:
-        """Write the subnet's merged weights into the plain model and return it."""
-        for name, layer in self.layers.items():
-            cfg = layer.space.validate(subnet[name], layer.has_bias, where=name)
-            lin = self.plain_layers[name]
-            lin.weight.copy_(layer.merged_weight(cfg))
-            bias = layer.merged_bias(cfg)
-            lin.bias.copy_(bias) if bias is not None else lin.bias.zero_()
-        return self.plain
+    def __init__(self, load: Callable[[Subnet], nn.Module], batches, amp: bool = True):
+        self.load, self.batches, self.amp = load, batches, amp
 
     def __call__(self, subnet: Subnet, floor: float = 0.0) -> Score:
         """The subnet's score; it stops early once its accuracy can no longer reach `floor`."""
         return score_batches(self.load(subnet), self.batches, self.amp, floor)
+
+
+class MergedScorer(SubnetScorer):
+    """Scores a GLoRA subnet by the accuracy of a plain model that holds its merged weights.
+
+    The plain model is built once (glora.merge.MergedCopy); per candidate only W' and b' are
+    written into it, so scoring costs one plain forward over the split, without any of the GLoRA
+    terms. `batches` is the split's BatchLoader (engine.experiment.eval_loader: val200 held on the device).
+    """
+
+    def __init__(self, supernet: nn.Module, batches, amp: bool = True):
+        self.copy = MergedCopy(supernet)
+        self.plain = self.copy.plain
+        super().__init__(self.copy.load, batches, amp)
 
 
 class SupernetScorer:

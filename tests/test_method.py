@@ -43,8 +43,10 @@ def retrain_model(cfg, num_classes=5):
 
 
 def test_every_method_has_a_preset_and_runs_only_the_stages_it_needs():
-    assert PRESETS == ["bitfit", "full", "glora", "glora-random", "glora-uniform", "linear", "lora", "ssf-like"]
-    expected = {"glora": ["supernet", "search", "retrain"], "glora-random": ["supernet", "retrain"]}
+    assert PRESETS == ["adaptformer", "bitfit", "full", "glora", "glora-random", "glora-uniform", "linear", "lora",
+                       "noah", "repadapter", "ssf-like", "vpt-deep"]
+    expected = {"glora": ["supernet", "search", "retrain"], "glora-random": ["supernet", "retrain"],
+                "noah": ["supernet", "search", "retrain"]}
     for name in PRESETS:
         cfg = preset(name)
         assert cfg["method"] == name
@@ -129,11 +131,11 @@ def test_uniform_subnet_leaves_c_d_e_out_of_layers_without_bias():
 def test_random_subnet_is_the_searchs_first_draw_within_the_budget():
     cfg = preset("glora-random", "glora.ranks=[2,4]", "search.budget=[0.002,0.004]", "seed=3")
     model = build_model(cfg, 5)
-    subnet, meta = method.retrain_subnet(cfg, model)
+    subnet, meta = method.retrain_subnet(cfg, method.family(cfg), model)
     space = CandidateSpace.from_model(model, (0.002, 0.004))
     assert subnet == space.subnet(space.sample(random.Random(3))) and meta == {"budget": [0.002, 0.004]}
     assert space.fits(space.key(subnet))
-    assert method.retrain_subnet({**cfg, "seed": 4}, model)[0] != subnet
+    assert method.retrain_subnet({**cfg, "seed": 4}, method.family(cfg), model)[0] != subnet
 
 
 def test_the_search_stays_inside_a_restricted_space():

@@ -24,7 +24,8 @@ def test_the_method_imports_torch_and_safetensors_only():
     loaded = python(
         "import sys, glora\n"
         "from glora import (SearchSpace, GLoRALinear, inject_glora, set_subnet, subnet_params, merge_glora,\n"
-        "                   export_merged, save_adapters, load_adapters)\n"
+        "                   export_merged, save_adapters, load_adapters, get_family, attach)\n"
+        "get_family('noah')  # the adapter families register on first use\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n").split()
     assert {"torch", "safetensors", "glora"} <= set(loaded)
     assert not {"timm", "yaml", "matplotlib", "huggingface_hub", *PIPELINE} & set(loaded)

@@ -18,6 +18,7 @@ from engine.folder import StageFolder, os_error_message
 from engine.stop import StopSignals
 from glora import SearchSpace, inject_glora, mark_trainable
 from glora.errors import UserError
+from glora.family import get_family
 from glora.io import save_json
 from glora.merge import load_adapters, save_adapters
 
@@ -151,6 +152,9 @@ def test_retire_moves_a_run_into_previous_and_clean_removes_stale_files(tmp_path
     folder.unlock()
 
 
+GLORA = get_family("glora")()  # what saves and loads the checkpoints' adapters
+
+
 def tiny_model():
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     inject_glora(model, SearchSpace((2,)), targets=["0"])
@@ -160,9 +164,9 @@ def tiny_model():
 
 def test_checkpoints_carry_checksums_checked_on_resume(tmp_path):
     model, folder = tiny_model(), tmp_path / "checkpoint"
-    save_checkpoint(folder, "run-1", {"epoch": 3}, model)
+    save_checkpoint(folder, "run-1", {"epoch": 3}, model, GLORA)
     assert sorted(p.name for p in folder.iterdir()) == ["adapters.safetensors", "manifest.json", "state.pt"]
-    assert latest_state(folder, "run-1", tiny_model()) == {"epoch": 3}
+    assert latest_state(folder, "run-1", tiny_model(), GLORA) == {"epoch": 3}
     assert latest_state(tmp_path / "none", "run-1") is None
     with pytest.raises(UserError, match="a checkpoint of run run-1, not of this run"):
         load_checkpoint(folder, "run-2")
@@ -171,8 +175,8 @@ def test_checkpoints_carry_checksums_checked_on_resume(tmp_path):
     data[-3] ^= 0x10  # a flipped bit in a weight
     (folder / "adapters.safetensors").write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"damaged checkpoint \(adapters.safetensors is not the file that was written\)"):
-        load_checkpoint(folder, "run-1", tiny_model())
-    save_checkpoint(folder, "run-1", {"epoch": 4}, model)
+        load_checkpoint(folder, "run-1", tiny_model(), GLORA)
+    save_checkpoint(folder, "run-1", {"epoch": 4}, model, GLORA)
     (folder / "state.pt").unlink()
     with pytest.raises(UserError, match=r"damaged checkpoint \(state.pt is missing\); .*start afresh without --resume"):
         latest_state(folder, "run-1")
@@ -193,7 +197,7 @@ def test_non_finite_adapters_are_neither_saved_nor_loaded(tmp_path):
     with pytest.raises(UserError, match=r"not written, 0.Bd holds non-finite values"):
         save_adapters(model, tmp_path / "bad.safetensors")
     with pytest.raises(UserError, match=r"0.Bd holds non-finite values"):
-        save_checkpoint(tmp_path / "checkpoint", "run-1", {}, model)
+        save_checkpoint(tmp_path / "checkpoint", "run-1", {}, model, GLORA)
     assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "checkpoint").exists()
 
     with safe_open(str(tmp_path / "good.safetensors"), "pt") as f:

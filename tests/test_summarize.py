@@ -39,8 +39,8 @@ def grid(tmp_path):
 def test_grid_table_matches_hand_computed_means(grid):
     md, files = summarize.write_summary(grid)
     assert (grid / "results.md").read_text() == md
-    assert [f.name for f in files] == ["results.md", "results.csv", "results_groups.csv", "results_runs.csv",
-                                       "accuracy_per_task.png",
+    assert [f.name for f in files] == ["results.md", "results.csv", "results_groups.csv", "results_published.csv",
+                                       "results_runs.csv", "accuracy_per_task.png",
                                        "accuracy_vs_params.png"]
     expected = (
         # per task: mean ± sample std over seeds (stdev of 70, 74 is 2·√2 = 2.83), n, mean parameters
