@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from glora.io import atomic_write
-from glora.space import parse_choice
+from glora import kinds
 
 
 def save_figure(fig: Figure, path, writer=None, tag: Optional[str] = None, step: int = 0) -> Path:
@@ -66,22 +66,27 @@ def search_figure(candidates: Iterable[Mapping], best: Mapping, budget_m: Sequen
 def _choice_order(choice) -> tuple:
     if not isinstance(choice, str):  # a size (prompt tokens, rank, width; 0: off)
         return 0, choice
-    kind, rank = parse_choice(choice)
-    return ("lora", "vector", "scalar", "none").index(kind), rank
+    kind, rank = kinds.parse(choice)
+    return list(kinds.KINDS).index(kind.name), rank
 
 
 def _colours(choices: list) -> dict:
-    """GLoRA's kinds in their colours (lora_r in blues); sizes in greens, 0 (off) like none."""
-    ranked = [c for c in choices if not isinstance(c, str) and c] or [c for c in choices if str(c).startswith("lora_")]
-    shades = colormaps["Greens" if ranked and not isinstance(ranked[0], str) else "Blues"]
-    colours = {c: shades(0.45 + 0.45 * i / max(len(ranked) - 1, 1)) for i, c in enumerate(ranked)}
-    return {**colours, "vector": "#f28e2b", "scalar": "#59a14f", "none": "#eeeeee", 0: "#eeeeee"}
+    """Sizes in greens (0, off, like none); GLoRA's ranked kinds (lora_r) in blues, the other kinds
+    in their own colours (glora/kinds.py)."""
+    sizes = [c for c in choices if not isinstance(c, str) and c]
+    ranked = [c for c in choices if isinstance(c, str) and kinds.parse(c)[0].ranked]
+    colours = {0: "#eeeeee"}
+    for group, shades in ((sizes, colormaps["Greens"]), (ranked, colormaps["Blues"])):
+        colours.update({c: shades(0.45 + 0.45 * i / max(len(group) - 1, 1)) for i, c in enumerate(group)})
+    colours.update({c: kinds.parse(c)[0].colour for c in choices if isinstance(c, str) and c not in colours})
+    return colours
 
 
 def _label(choice) -> str:
     if not isinstance(choice, str):
         return str(choice) if choice else ""
-    return {"none": "", "vector": "vec", "scalar": "sc"}.get(choice, choice.replace("lora_", "L"))
+    kind, rank = kinds.parse(choice)
+    return kind.figure_label(rank)
 
 
 def subnet_figure(subnet: Mapping[str, Mapping], title: str = "Chosen subnet") -> Figure:

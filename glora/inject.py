@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from .layer import GLoRALinear, switch_width
+from .layer import GLoRALinear
 from .space import BIAS_TENSORS, TENSORS, LayerConfig, SearchSpace
 
 Subnet = dict  # {qualified layer name: layer config}
@@ -117,9 +117,9 @@ def make_static(model: nn.Module) -> Tensor:
     (write_subnet) is one copy and never changes the graph. Call it once the model is on its
     device; returns the table."""
     layers = list(glora_layers(model).values())
-    widths = {switch_width(layer.space.max_rank) for layer in layers}
+    widths = {layer.switch_width() for layer in layers}
     if len(widths) != 1:
-        raise ValueError("make_static needs one search space (one largest rank) in every adapted layer")
+        raise ValueError("make_static needs one search space (its kinds and largest rank) in every adapted layer")
     like = layers[0].weight
     table = torch.zeros(len(layers), widths.pop(), dtype=like.dtype, device=like.device)
     for row, layer in zip(table, layers):

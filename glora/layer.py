@@ -34,6 +34,10 @@ computes by structure: only A = lora_k builds the dense matrix; A vector/scalar 
 B = lora_k is the LoRA path (x Buᵀ) Bdᵀ, B vector/scalar adds sum(x) times it, and C, D, E fold into
 the bias.
 
+What each choice is (its storage, carving, count, compaction, static form and figure label) is
+owned by its kind, registered in glora/kinds.py; the tables here are the paper's four kinds, and a
+registered kind may add its own storage after the shared one.
+
 Static form (one graph for every subnet, for torch.compile and CUDA graphs). Carving changes the
 control flow with every sampled config; the static form writes the config into numbers instead, a
 row `switch` per layer (`switch_row`): a rank mask m (R entries) for each of A, B, C and the
@@ -62,27 +66,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .space import TENSORS, LayerConfig, SearchSpace, parse_choice
+from . import kinds
+from .space import TENSORS, LayerConfig, SearchSpace
 
 # The shared storage of every adapted layer; also its names in checkpoints (see the module docstring).
+# A registered kind may add storage of its own (glora/kinds.py), after these.
 STORAGE = ("Ad", "Au", "Bd", "Bu", "Cd", "Cu", "D", "E")
-# The vector (v) and scalar (s) selectors of the static form, in their order in a switch row.
-SELECTORS = ("vA", "sA", "vB", "sB", "vC", "vD", "sD", "vE", "sE")
 
 
-def switch_width(max_rank: int) -> int:
-    """Numbers in one layer's switch row: the rank masks of A, B, C, the selectors, a flag per storage tensor."""
-    return 3 * max_rank + len(SELECTORS) + len(STORAGE)
+def switch_layout(space: SearchSpace) -> list[tuple[str, kinds.Kind, int]]:
+    """The switch row's parts before the storage flags: (tensor, kind, width) for each kind among
+    each tensor's choices, in order (the paper's space: the rank masks of A, B, C and the selectors
+    vA, sA, vB, sB, vC, vD, sD, vE, sE)."""
+    return [(t, k, k.switch_width(t, space.max_rank)) for t in TENSORS for k in space.tensor_kinds(t)]
+
+
+def extra_storage(space: SearchSpace) -> list[tuple[str, kinds.Kind]]:
+    """(tensor, kind) of every kind in the space that may add storage of its own."""
+    return [(t, k) for t in TENSORS for k in space.tensor_kinds(t)]
 
 
 def used_storage(cfg: LayerConfig) -> set[str]:
-    """The storage tensors that carving `cfg` reads, i.e. those an eager step gives a gradient:
-    lora_k reads Xd and Xu, vector and scalar Xd alone (D, E: the vector itself), none nothing."""
+    """The storage tensors that carving `cfg` reads, i.e. those an eager step gives a gradient, as
+    each choice's kind says (lora_k reads Xd and Xu, vector and scalar Xd alone, D and E the vector
+    itself, none nothing)."""
     used = set()
     for t in TENSORS:
-        kind, _ = parse_choice(cfg[t])
-        if kind != "none":
-            used |= {t} if t in ("D", "E") else {t + "d", t + "u"} if kind == "lora" else {t + "d"}
+        kind, rank = kinds.parse(cfg[t])
+        used |= kind.reads(t, rank)
     return used
 
 
@@ -116,6 +127,13 @@ class GLoRALinear(nn.Module):
         self.Cu = nn.Parameter(nn.init.xavier_uniform_(torch.empty(r, 1, **like)))
         self.D = nn.Parameter(torch.zeros(out_f, **like))
         self.E = nn.Parameter(torch.zeros(out_f, **like))
+        self.storage_names = list(STORAGE)
+        for t, kind in extra_storage(space):  # a registered kind's own storage
+            for name, value in kind.storage(t, in_f, out_f, r, like).items():
+                if name in self.storage_names:
+                    raise ValueError(f"kind {kind.name} adds storage {name!r}, which the layer already holds")
+                setattr(self, name, nn.Parameter(value))
+                self.storage_names.append(name)
 
         self.config: Optional[LayerConfig] = None  # fixed config, or None to sample
         self.sampled: Optional[LayerConfig] = None  # config of the latest forward
@@ -123,7 +141,7 @@ class GLoRALinear(nn.Module):
         self.static = False  # computes the config written in `switch` (see make_static)
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
-        return {name: getattr(self, name) for name in STORAGE}
+        return {name: getattr(self, name) for name in self.storage_names}
 
     @property
     def has_bias(self) -> bool:
@@ -162,17 +180,10 @@ class GLoRALinear(nn.Module):
     # ----------------------------------------------------------------------------- carving
 
     def carve(self, tensor: str, choice: str) -> Optional[Tensor]:
-        """The support tensor of one choice, in its natural (broadcastable) shape, or None."""
-        kind, rank = parse_choice(choice)
-        if kind == "none":
-            return None
-        if tensor in ("D", "E"):
-            v = getattr(self, tensor)
-            return v if kind == "vector" else v[0]
-        down, up = getattr(self, tensor + "d"), getattr(self, tensor + "u")
-        if kind == "lora":
-            return down[:, :rank] @ up[:rank, :]
-        return down[:, :1] if kind == "vector" else down[0, 0]
+        """The support tensor of one choice, in its natural (broadcastable) shape, or None: what the
+        choice's kind carves out of the storage (glora/kinds.py)."""
+        kind, rank = kinds.parse(choice)
+        return kind.carve(self, tensor, rank)
 
     def merged_bias(self, cfg: LayerConfig) -> Optional[Tensor]:
         """b' = b + b⊙D + E + W·C, with the frozen W (None if the layer has no bias and needs none)."""
@@ -205,20 +216,21 @@ class GLoRALinear(nn.Module):
         cfg = self.active_config()
         self.sampled = cfg
         bias = self.merged_bias(cfg)
-        a_kind, _ = parse_choice(cfg["A"])
-        if a_kind == "lora" or self.weight.requires_grad:
+        (a_kind, _), (b_kind, b_rank) = kinds.parse(cfg["A"]), kinds.parse(cfg["B"])
+        a_fast, b_fast = a_kind.fast("A"), b_kind.fast("B")
+        if a_fast not in ("none", "scale") or b_fast not in ("none", "shift", "lowrank") or self.weight.requires_grad:
             # A low-rank A is the one term with no cheaper form than the dense out×in matrix (its
             # gradient needs the full weight gradient dyᵀx); once W' is built, B folds into it.
-            # (An unfrozen W also takes this path: the fused backward below assumes W is frozen.)
+            # So does a kind that declares no structured form (exact for any kind), and an
+            # unfrozen W (the fused backward below assumes W is frozen).
             return F.linear(x, self.merged_weight(cfg), bias)
-        b_kind, b_rank = parse_choice(cfg["B"])
-        if a_kind == "none" and b_kind == "none":
+        if a_fast == "none" and b_fast == "none":
             return F.linear(x, self.weight, bias)
-        # W⊙A with A a vector or scalar scales the output channels; a B constant along the input
-        # axis adds sum(x) times its per-output value; a low-rank B is the LoRA path.
-        scale = self.carve("A", cfg["A"])
-        shift = self.carve("B", cfg["B"]) if b_kind in ("vector", "scalar") else None
-        down, up = (self.Bd[:, :b_rank], self.Bu[:b_rank]) if b_kind == "lora" else (None, None)
+        # W⊙A with A per output channel (vector, scalar) scales the output channels; a B constant
+        # along the input axis adds sum(x) times its per-output value; a low-rank B is the LoRA path.
+        scale = self.carve("A", cfg["A"]) if a_fast == "scale" else None
+        shift = self.carve("B", cfg["B"]) if b_fast == "shift" else None
+        down, up = b_kind.halves(self, "B", b_rank) if b_fast == "lowrank" else (None, None)
         return structured_linear(x, self.weight, bias, scale, shift, down, up)
 
     def forward_dense(self, x: Tensor) -> Tensor:
@@ -239,39 +251,57 @@ class GLoRALinear(nn.Module):
         if self.config is not None:
             self.set_config(self.config)
 
+    def switch_width(self) -> int:
+        """Numbers in this layer's switch row: each kind's entries (switch_layout), a flag per storage tensor."""
+        return sum(w for _, _, w in switch_layout(self.space)) + len(self.storage_names)
+
     def switch_row(self, cfg: LayerConfig) -> list[float]:
-        """`cfg` as the numbers the static form reads: the rank masks of A, B, C, the selectors, and a
-        flag per storage tensor that carving reads (`used_storage`), in STORAGE order."""
-        masks, chosen = [], set()
-        for t in TENSORS:
-            kind, rank = parse_choice(cfg[t])
-            if t in ("A", "B", "C"):
-                masks += [float(kind == "lora" and i < rank) for i in range(self.space.max_rank)]
-            if kind in ("vector", "scalar"):
-                chosen.add(kind[0] + t)  # vA, sA, ...
+        """`cfg` as the numbers the static form reads: for each tensor the entries of its chosen kind
+        (a rank mask, a selector; the other kinds' entries 0), then a flag per storage tensor that
+        carving reads (`used_storage`), in storage order."""
+        row = []
+        for t, kind, width in switch_layout(self.space):
+            chosen, rank = kinds.parse(cfg[t])
+            row += chosen.switch_entries(t, rank, self.space.max_rank) if chosen is kind else [0.0] * width
         used = used_storage(cfg)
-        return masks + [float(s in chosen) for s in SELECTORS] + [float(n in used) for n in STORAGE]
+        return row + [float(n in used) for n in self.storage_names]
 
     def used_flags(self) -> dict[str, Tensor]:
         """Each storage tensor's flag in `switch` (1: the written config uses it), a 0-d view."""
-        start = 3 * self.space.max_rank + len(SELECTORS)
-        return {name: self.switch[start + i] for i, name in enumerate(STORAGE)}
+        start = self.switch_width() - len(self.storage_names)
+        return {name: self.switch[start + i] for i, name in enumerate(self.storage_names)}
+
+    def static_tensors(self) -> dict[str, Optional[Tensor]]:
+        """A..E as the static form builds them from `switch`: each kind's part summed (None where no
+        kind of a tensor has a part), in the order of switch_layout."""
+        parts: dict[str, Optional[Tensor]] = dict.fromkeys(TENSORS)
+        start = 0
+        for t, kind, width in switch_layout(self.space):
+            part = kind.static(self, t, self.switch[start:start + width])
+            start += width
+            if part is not None:
+                parts[t] = part if parts[t] is None else parts[t] + part
+        return parts
 
     def forward_static(self, x: Tensor) -> Tensor:
         """y = x W'ᵀ + b' with A..E built from `switch` (the static form of the module docstring): the
         same graph for every config, which equals carving the config that `switch` holds."""
-        r = self.Ad.shape[1]
-        m = self.switch[: 3 * r].view(3, r)
-        vA, sA, vB, sB, vC, vD, sD, vE, sE = self.switch[3 * r: 3 * r + len(SELECTORS)].unbind()
-        A = (self.Ad * m[0]) @ self.Au + vA * self.Ad[:, :1] + sA * self.Ad[0, 0]
-        B = (self.Bd * m[1]) @ self.Bu + vB * self.Bd[:, :1] + sB * self.Bd[0, 0]
-        weight = self.weight + self.weight * A + B
+        A, B, C, D, E = self.static_tensors().values()
+        weight = self.weight
+        if A is not None:
+            weight = weight + self.weight * A
+        if B is not None:
+            weight = weight + B
         if self.bias is None:  # C, D and E are none on a layer without bias
             return F.linear(x, weight)
-        C = (self.Cd * m[2]) @ self.Cu + vC * self.Cd[:, :1]
-        D = vD * self.D + sD * self.D[0]
-        E = vE * self.E + sE * self.E[0]
-        return F.linear(x, weight, self.bias + self.bias * D + E + (self.weight @ C).squeeze(1))
+        bias = self.bias
+        if D is not None:
+            bias = bias + self.bias * D
+        if E is not None:
+            bias = bias + E
+        if C is not None:
+            bias = bias + (self.weight @ C).squeeze(1)
+        return F.linear(x, weight, bias)
 
     # ----------------------------------------------------------------------------- subnet
 
@@ -288,17 +318,12 @@ class GLoRALinear(nn.Module):
             return
         if self.static:
             raise RuntimeError("compact() of a static layer: its switch row addresses the full storage")
+        kept = {}
         for t in TENSORS:
-            kind, rank = parse_choice(self.config[t])
-            keep = {"lora": rank, "vector": 1, "scalar": 1, "none": 0}[kind]
-            if t in ("D", "E"):
-                keep = {"vector": self.out_features, "scalar": 1, "none": 0}[kind]
-                self._replace(t, getattr(self, t)[:keep])
-                continue
-            down, up = getattr(self, t + "d"), getattr(self, t + "u")
-            rows = 1 if kind == "scalar" else down.shape[0]
-            self._replace(t + "d", down[:rows, :keep])
-            self._replace(t + "u", up[: keep if kind == "lora" else 0])
+            kind, rank = kinds.parse(self.config[t])
+            kept.update(kind.keep(self, t, rank))
+        for name in self.storage_names:  # storage no chosen kind keeps is left empty
+            self._replace(name, kept.get(name, getattr(self, name)[:0]))
         self.compacted = True
 
     def _replace(self, name: str, value: Tensor) -> None:

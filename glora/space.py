@@ -4,48 +4,34 @@ from __future__ import annotations
 import random
 from typing import Iterable, Mapping, Optional
 
-TENSORS = ("A", "B", "C", "D", "E")
+from . import kinds
+from .kinds import TENSORS
+
 LayerConfig = dict  # {"A": "lora_4", "B": "vector", "C": "none", "D": "scalar", "E": "vector"}
 
-# The kinds each tensor may take besides its LoRA ranks (A, B and C take `lora_<r>` too).
-_KINDS = {
-    "A": ("vector", "scalar", "none"),
-    "B": ("vector", "scalar", "none"),
-    "C": ("vector", "none"),
-    "D": ("vector", "scalar", "none"),
-    "E": ("vector", "scalar", "none"),
-}
-_HAS_LORA = ("A", "B", "C")
 # Tensors that end up in the bias b' = b + b⊙D + E + W·C: a layer without bias has none of them, so
 # that its merged form is the same bias-free nn.Linear the plain model holds (e.g. Swin's downsample).
 BIAS_TENSORS = ("C", "D", "E")
 
 
 def parse_choice(choice: str) -> tuple[str, int]:
-    """`"lora_8"` -> `("lora", 8)`; `"vector"` -> `("vector", 0)`."""
-    if choice.startswith("lora_"):
-        return "lora", int(choice[5:])
-    return choice, 0
+    """`"lora_8"` -> `("lora", 8)`; `"vector"` -> `("vector", 0)`; ValueError for an unregistered kind."""
+    kind, rank = kinds.parse(choice)
+    return kind.name, rank
 
 
 def choice_params(tensor: str, choice: str, in_features: int, out_features: int) -> int:
-    """Trainable elements of one support tensor choice (the counts in glora/layer.py's docstring)."""
-    kind, rank = parse_choice(choice)
-    if kind == "none":
-        return 0
-    if kind == "scalar":
-        return 1
-    if tensor == "C":  # the prompt lives in the input space
-        return rank * (in_features + 1) if kind == "lora" else in_features
-    if kind == "lora":
-        return rank * (in_features + out_features)
-    return out_features
+    """Trainable elements of one support tensor choice, as its kind counts them (glora/kinds.py)."""
+    kind, rank = kinds.parse(choice)
+    return kind.params(tensor, rank, in_features, out_features)
 
 
 class SearchSpace:
     """The paper's per-layer space: A, B (weight scale/shift), C (prompt), D, E (bias scale/shift).
 
-    `restrict` keeps a subset of each tensor's choices (a tensor it leaves out keeps all of them):
+    Each tensor's choices are those of the registered kinds (glora/kinds.py) that may be chosen
+    for it. Unrestricted, the space holds the paper's kinds; `restrict` keeps a subset of each
+    tensor's choices (a tensor it leaves out keeps the paper's), and may name any registered kind:
     `{"A": ["none"], "B": ["lora_8"], "C": ["none"], "D": ["none"], "E": ["none"]}` is LoRA of
     rank 8. Sampling, validation, counts and bounds all follow it.
     """
@@ -55,19 +41,24 @@ class SearchSpace:
         if not ranks or ranks[0] < 1:
             raise ValueError(f"LoRA ranks must be positive integers, got {list(ranks)}")
         self.ranks = ranks
-        full = {t: [f"lora_{r}" for r in ranks] * (t in _HAS_LORA) + list(_KINDS[t]) for t in TENSORS}
-        self.choices = full if restrict is None else _restricted(full, restrict, ranks)
+        full = {t: [c for k in kinds.kinds_for(t) for c in k.choices(ranks)] for t in TENSORS}
+        paper = {t: [c for k in kinds.kinds_for(t, default_only=True) for c in k.choices(ranks)] for t in TENSORS}
+        self.choices = paper if restrict is None else _restricted(full, paper, restrict, ranks)
 
     @property
     def max_rank(self) -> int:
         return self.ranks[-1]
 
+    def tensor_kinds(self, tensor: str) -> list[kinds.Kind]:
+        """The kinds among a tensor's choices, in order (a ranked kind once)."""
+        return list({kinds.parse(c)[0].name: kinds.parse(c)[0] for c in self.choices[tensor]}.values())
+
     def __eq__(self, other) -> bool:
         return isinstance(other, SearchSpace) and self.ranks == other.ranks and self.choices == other.choices
 
     def __repr__(self) -> str:
-        full = SearchSpace(self.ranks).choices
-        restrict = {t: c for t, c in self.choices.items() if c != full[t]}
+        paper = SearchSpace(self.ranks).choices
+        restrict = {t: c for t, c in self.choices.items() if c != paper[t]}
         return f"SearchSpace(ranks={self.ranks}{f', restrict={restrict}' if restrict else ''})"
 
     def layer_choices(self, has_bias: bool = True) -> dict[str, list[str]]:
@@ -107,7 +98,7 @@ class SearchSpace:
         return out
 
     def count(self, cfg: Mapping[str, str], in_features: int, out_features: int) -> int:
-        """Trainable parameters of a layer config (the budget's unit)."""
+        """Trainable parameters of a layer config (the budget's unit), as each choice's kind counts them."""
         return sum(choice_params(t, cfg[t], in_features, out_features) for t in TENSORS)
 
     def bounds(self, in_features: int, out_features: int, has_bias: bool = True) -> tuple[int, int]:
@@ -119,21 +110,25 @@ class SearchSpace:
         return sum(map(min, per_tensor)), sum(map(max, per_tensor))
 
 
-def _restricted(full: dict[str, list[str]], restrict: Mapping, ranks: tuple) -> dict[str, list[str]]:
-    """`full` with each tensor named in `restrict` cut to the choices listed there (in `full`'s order)."""
+def _restricted(full: dict[str, list[str]], paper: dict[str, list[str]], restrict: Mapping,
+                ranks: tuple) -> dict[str, list[str]]:
+    """`paper` with each tensor named in `restrict` cut to the choices listed there, any of `full`
+    (every registered kind's), in `full`'s order."""
     if not isinstance(restrict, Mapping):
         raise ValueError(f"space: a mapping of tensors {list(TENSORS)} to lists of choices, got {restrict!r}")
     unknown = sorted(set(restrict) - set(TENSORS))
     if unknown:
         raise ValueError(f"space: unknown tensors {unknown}; the tensors are {list(TENSORS)}")
-    out = dict(full)
+    out = dict(paper)
     for t, allowed in restrict.items():
         allowed = [allowed] if isinstance(allowed, str) else allowed
         if not isinstance(allowed, (list, tuple)) or not allowed:
             raise ValueError(f"space: {t} takes a non-empty list of choices from {full[t]}, got {allowed!r}")
         for c in allowed:
             if c not in full[t]:
-                hint = f" (lora_<r> takes r from the ranks {list(ranks)})" if str(c).startswith("lora_") else ""
+                hint = f" (lora_<r> takes r from the ranks {list(ranks)})" if str(c).startswith("lora_") else (
+                    f" (registered kinds: {', '.join(kinds.describe())}; a new kind is a glora.kinds.Kind "
+                    "registered with @glora.kinds.register)")
                 raise ValueError(f"space: {t}={c!r} is not a valid choice; valid: {full[t]}{hint}")
         out[t] = [c for c in full[t] if c in allowed]
     return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from glora import GLoRALinear, SearchSpace
+from glora import GLoRALinear, SearchSpace, kinds
 from glora.space import TENSORS
 
 
@@ -294,3 +294,12 @@ def test_a_small_scale_survives_bf16_autocast(kind, train_a):
     exact = (x.double() @ lin.weight.double().t() * (1 + 2.0 ** -10) + lin.bias.double()).float()
     assert not torch.equal(y, without)
     assert (y - exact).abs().mean() < (without - exact).abs().mean()
+
+
+def test_the_equation_check_walks_every_kind_of_the_paper_in_the_registry():
+    """The configs checked above come from the space, which reads the registry (glora/kinds.py); the
+    reference here is written for each of the paper's kinds, so a kind added to the paper's space
+    without one fails this test rather than passing untested."""
+    assert {k.name for k in kinds.KINDS.values() if k.default} == {"lora", "vector", "scalar", "none"}
+    space = SearchSpace((2, 4))
+    assert {kinds.parse(c)[0].name for cs in space.choices.values() for c in cs} == {"lora", "vector", "scalar", "none"}
