@@ -11,6 +11,7 @@ family of adapters adds its keys as one `section(...)`.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from .rules import FLAG, MAPPING, PATTERNS, TEXT, Rule, integer, matching, numbe
 STAGES = SUPERNET, SEARCH, RETRAIN = ("supernet", "search", "retrain")
 ALL = STAGES
 SUBNETS = ("searched", "uniform", "random")
+MODULES = Rule(lambda v: isinstance(v, list) and all(isinstance(m, str) and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", m)
+                                                     for m in v), "a list of Python module names (e.g. [my_kinds])")
 COMPILE = Rule(lambda v: v is True or v is False or v == "auto", "true, false or auto")  # retrain.subnet, or the path of a subnet YAML
 _DEFAULT = object()  # `before`: the key's default
 
@@ -171,6 +174,8 @@ declare(
         "outputs/<data.task>)", ()),
     Key("method", "glora", TEXT, "the method's name in results.json and tables (configs/methods/*.yaml set their own)",
         (RETRAIN,)),
+    Key("plugins", [], MODULES, "Python modules imported before anything is checked (from PYTHONPATH or the "
+        "working folder): they may register choice kinds (glora.kinds) or adapter families (glora.family)", ALL),
     Key("family", "glora", TEXT, "the adapter family (registered in glora.family; glora/families/ holds the built-in "
         "ones)", ALL, experiment=True),
     Key("adapter", {}, optional(MAPPING), "the settings of a family other than glora (each family declares its own, "

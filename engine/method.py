@@ -11,6 +11,8 @@ to the adapters and head. configs/methods/ holds one preset per method.
 """
 from __future__ import annotations
 
+import importlib
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -52,9 +54,23 @@ def where(cls) -> str:
     return f"{cls.section} config" + ("" if cls.section == cls.name else f" of family {cls.name}")
 
 
+def import_plugins(modules: list[str]) -> None:
+    """Import the modules `plugins` names (they register choice kinds or adapter families), from
+    PYTHONPATH or the working folder."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # an error of the module itself, as much as a missing one
+            raise UserError(f"plugins: cannot import {name!r} ({type(e).__name__}: {e}); put it on PYTHONPATH or in "
+                            "the working folder, or fix it") from None
+
+
 def check(cfg: dict) -> None:
     """The rules that span keys: the method's keys fit together and with the protocol (every stage
     checks them before any work, after each key's own rule, engine.config.validate_config)."""
+    import_plugins(cfg["plugins"])  # first: what they register is what the rules below accept
     r = cfg["retrain"]
     subnet = r["subnet"]
     fam = family(cfg)

@@ -2,6 +2,7 @@
 layer's forward (eager, dense, static), counts, compaction, merge, the three stages, export and
 figures, with nothing else edited. The kind: a per-input-channel scale for A, W⊙(1 aᵀ), `in`
 parameters of its own storage (zeros, so that an untrained layer is the pretrained one)."""
+import inspect
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import timm
 import torch
 import yaml
+from safetensors.torch import load_file
 from torch import nn
 
 from glora import GLoRALinear, SearchSpace, kinds, load_merged
@@ -189,3 +191,23 @@ def test_a_config_naming_an_unregistered_kind_is_one_error_line(tmp_path, demo_r
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "'in_scale' is not a valid choice" in lines[0] and "registered kinds" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_plugins_register_a_kind_for_the_stage_scripts(tmp_path, demo_root):
+    """`plugins` names the module that registers the kind (here this file's class, written to the
+    working folder): the stage script imports it before any check, and trains the kind."""
+    (tmp_path / "my_kinds.py").write_text("import torch\n\nfrom glora.kinds import Kind, register\n\n\n"
+                                          f"{inspect.getsource(InScale)}\n\nregister(InScale)\n")
+    config = write_config(tmp_path / "exp.yaml", demo_root, tmp_path / "run")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["glora"]["space"] = {"A": ["in_scale", "none"]}
+    cfg["train"].update(epochs=1, eval_every=0, eval_subnets=0)
+    config.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), str(config), "--set", "plugins=[my_kinds]"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Ai" in str(load_file(tmp_path / "run" / "supernet" / "supernet.safetensors").keys())
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), str(config), "--set", "plugins=[no_such_module]"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "plugins: cannot import 'no_such_module'" in r.stderr
