@@ -45,6 +45,7 @@ COUNT_KWARGS = dict(img_size=32, patch_size=8, embed_dim=64, num_heads=1)  # hea
 # Operators that launch no kernel: allocations, and those that only read or reshape metadata.
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "resize_", "lift_fresh", "resolve_conj", "resolve_neg", "set_",
              "_unsafe_view"}
+GRAPH_CALLS = ("CompiledFunction", "CompiledFunctionBackward")  # the profiler's names of a graph's call
 THIRD = Target("ratio <= 0.333 (>= 3x faster)", lambda r: r <= 1 / 3)
 
 
@@ -120,8 +121,9 @@ def kernel_count(step: Step, device: torch.device, calls: int = 1) -> dict:
         return {"kernels": kernels / calls, "launches": launches / calls}
     model = [e for e in events if not any(a.startswith("Optimizer.step#") for a in _ancestors(e))]
     ops = [e for e in model if _computes(e)]
-    in_graphs = sum(any("CompiledFxGraph" in a for a in _ancestors(e)) for e in ops)
-    graph_calls = sum("CompiledFxGraph" in e.name for e in model)
+    # A compiled graph's call (forward or backward; any backend: inductor runs a CompiledFxGraph in it).
+    in_graphs = sum(any(a in GRAPH_CALLS for a in _ancestors(e)) for e in ops)
+    graph_calls = sum(e.name in GRAPH_CALLS for e in model)
     return {"aten_ops": len(ops) / calls, "generated": step.generated,
             "kernels": len(ops) / calls + step.generated, "launches": (graph_calls + len(ops) - in_graphs) / calls}
 

@@ -27,8 +27,7 @@ from glora.inject import Subnet, head_names
 from glora.subnet import load_subnet
 from search.evolution import CandidateSpace
 
-from . import protocol
-from .experiment import build_model
+from . import experiment, protocol  # experiment imports this module too: its names are read at call time
 from .keys import SUBNETS
 
 STAGE_SCRIPTS = {"supernet": "train.py", "search": "search.py", "retrain": "retrain.py"}
@@ -247,7 +246,7 @@ def retrain_model(cfg: dict, num_classes: int) -> Retrained:
     the backbone parameters retrain.backbone adds. A subnet file whose parameter count differs is
     refused."""
     r, fam = cfg["retrain"], family(cfg)
-    model = build_model(cfg, num_classes)
+    model = experiment.build_model(cfg, num_classes)
     subnet, source = prepare_retrain(cfg, fam, model)
     backbone_params = train_backbone(model, r["backbone"])
     adapter_params = fam.count(model)

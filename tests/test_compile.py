@@ -16,7 +16,7 @@ from engine.compile import PAYS, Compiler, wanted
 from engine.loops import train_step
 from engine.trainer import adamw
 from glora import SearchSpace, inject_glora, mark_trainable, sample_subnet, set_subnet
-from glora.inject import compact_subnet, make_static, used_flags, write_subnet
+from glora.inject import compact_subnet, make_static, set_sampler, used_flags, write_subnet
 from test_stages import Killed, cli, demo_root, kill_after_first_checkpoint, run, write_config  # noqa: F401
 
 CPU = torch.device("cpu")
@@ -82,6 +82,7 @@ def test_static_draws_the_subnets_eager_layers_draw():
     """The trainer draws a compiled supernet's subnet before the step, in module order: the configs
     that eager layers draw in their forward, from the same generator."""
     eager, static = supernet(seed=3, depth=2), supernet(seed=3, depth=2)
+    set_sampler(eager, random.Random(7))  # eager layers draw from the generator the trainer draws from
     rng = random.Random(7)
     x = torch.randn(2, 3, 32, 32)
     for _ in range(5):

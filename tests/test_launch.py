@@ -434,7 +434,7 @@ def test_a_job_array_sbatch_refuses_is_one_error_line(tmp_path, monkeypatch, cap
     (["--name", "g", "--tasks", "dtd", "--configs", "nope.yaml"], "no experiment config nope.yaml"),
     (["nope.yaml"], "nope.yaml: no such grid file"),
     (["grid.yaml"], "grid.yaml: a grid file is a mapping with keys name, output, experiment"),
-    (["broken.yaml"], "broken.yaml: invalid YAML (expected ',' or ']', but got ':', line 2 column 6); fix the file"),
+    (["broken.yaml"], "broken.yaml: invalid YAML at line 2, column 6: expected ',' or ']', but got ':'"),
     (["latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 9); save it as UTF-8"),
     (["--name", "g", "--tasks", "dtd", "--progress", "-1"], "--progress -1: give seconds, at least 0"),
     (["--name", "g", "--tasks", "dtd", "--executor", "slurm"], "no SLURM here (srun not found)"),

@@ -388,6 +388,12 @@ def test_a_damaged_checkpoint_is_an_error_never_a_silent_restart(copy, damage):
         (ckpt / "adapters.safetensors").write_bytes(bytes(data))
     else:
         (ckpt / "manifest.json").unlink()
+    # A finished stage whose outputs are intact reads no checkpoint: --resume has nothing to do.
+    before = (copy.out / "supernet" / "run.yaml").read_bytes()
+    copy.go("train", "--resume")
+    assert (copy.out / "supernet" / "run.yaml").read_bytes() == before
+    # With an output gone, the outputs are written again from the last checkpoint, which is read: refused.
+    (copy.out / "supernet" / "supernet.safetensors").unlink()
     with pytest.raises(UserError, match=r"checkpoint: damaged checkpoint .* start afresh without --resume"):
         copy.go("train", "--resume")
 
