@@ -51,7 +51,8 @@ class SearchSpace:
 
     def tensor_kinds(self, tensor: str) -> list[kinds.Kind]:
         """The kinds among a tensor's choices, in order (a ranked kind once)."""
-        return list({kinds.parse(c)[0].name: kinds.parse(c)[0] for c in self.choices[tensor]}.values())
+        found = (kinds.parse(c)[0] for c in self.choices[tensor])
+        return list({k.name: k for k in found}.values())
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SearchSpace) and self.ranks == other.ranks and self.choices == other.choices

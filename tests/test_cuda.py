@@ -59,6 +59,12 @@ def test_three_stages_on_cuda_with_bf16_and_exact_resume(config, tmp_path, monke
     results = json.loads((tmp_path / "run" / "retrain" / "results.json").read_text())
     assert results["test_acc"] == results["test_acc_merged"]
 
+    assert_killed_and_resumed_supernet_equals_uninterrupted(config, tmp_path, monkeypatch, cuda)
+
+
+def assert_killed_and_resumed_supernet_equals_uninterrupted(config, tmp_path, monkeypatch, cuda):
+    """A supernet killed after its first checkpoint and resumed (into <tmp>/cut) ends with the tensors
+    of the uninterrupted run already in <tmp>/run."""
     kill_after_first_checkpoint(monkeypatch)
     with pytest.raises(Killed):
         run("train", config, *cuda, "--set", f"output={tmp_path / 'cut'}")
@@ -120,14 +126,7 @@ def test_compiled_static_supernet_with_cuda_graphs_equals_eager():
 def test_compiled_run_on_cuda_resumes_exactly(config, tmp_path, monkeypatch):
     cuda = ["--set", "device=cuda", "--set", "train.compile=true"]
     run("train", config, *cuda)
-    kill_after_first_checkpoint(monkeypatch)
-    with pytest.raises(Killed):
-        run("train", config, *cuda, "--set", f"output={tmp_path / 'cut'}")
-    monkeypatch.undo()
-    run("train", config, *cuda, "--set", f"output={tmp_path / 'cut'}", "--resume")
-    full = load_file(tmp_path / "run" / "supernet" / "supernet.safetensors")
-    cut = load_file(tmp_path / "cut" / "supernet" / "supernet.safetensors")
-    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert_killed_and_resumed_supernet_equals_uninterrupted(config, tmp_path, monkeypatch, cuda)
     import json
     report = json.loads((tmp_path / "run" / "supernet" / "summary.json").read_text())["compile"]
     assert report["cuda_graphs"] and report["recompilations"] == 0 and report["graph_breaks"] == 0
